@@ -1,0 +1,348 @@
+"""Typed, nested run configuration loaded from YAML with ``section.key=value`` overrides.
+
+Every field carries a docstring (the string literal under it); ``describe()`` prints them, and a
+test parses this file to make sure none is missing. Loading is strict: an unknown section or key,
+or a value of the wrong type, raises ``ConfigError`` naming the offending key (and the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "runs/tiny-mt5"
+    """Hugging Face model id or local folder: an mT5/T5 checkpoint (only its encoder is loaded),
+    any AutoModel encoder (XLM-R, BERT), a sentence-transformers folder, or one of our outputs."""
+
+    pooling: Literal["auto", "mean", "cls"] = "auto"
+    """Token pooling. ``auto`` reads a sentence-transformers pooling config when present, else mean."""
+
+    normalize: bool = True
+    """L2-normalise sentence embeddings (cosine similarity becomes a dot product)."""
+
+    max_seq_length: int = 128
+    """Tokens per sentence after truncation (the paper does not truncate below the data's length)."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weight dtype at load. fp16 is refused for T5-family models (their activations overflow it)."""
+
+    tokenizer_use_fast: bool = True
+    """Use the fast (Rust) tokenizer; set false for the slow SentencePiece one."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory (works with LoRA)."""
+
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers (``eager``, ``sdpa``); None keeps the library default."""
+
+
+@dataclass
+class LoraConfig:
+    preset: Literal["qv", "all-linear", "full"] = "all-linear"
+    """``qv``: LoRA on attention query and value; ``all-linear``: on every linear layer of the
+    encoder; ``full``: no LoRA, all weights train."""
+
+    r: int = 8
+    """LoRA rank."""
+
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+
+    dropout: float = 0.1
+    """Dropout on the LoRA branch input."""
+
+    target_modules: list[str] | None = None
+    """Explicit module names; overrides the preset's list when set."""
+
+
+@dataclass
+class DataConfig:
+    format: Literal["jsonl", "csv", "snli", "xnli", "hub"] = "jsonl"
+    """Input layout: ``jsonl`` {anchor, positive, negative[, source_id]}; ``csv`` SimCSE
+    sent0,sent1,hard_neg; ``snli`` SNLI/MNLI jsonl; ``xnli`` per-language aligned TSVs;
+    ``hub`` a Hugging Face dataset name (needs a network)."""
+
+    paths: list[str] = field(default_factory=lambda: ["builtin:tiny_nli"])
+    """Files (or, for ``xnli``, one folder) to read; ``builtin:tiny_nli`` is the embedded set."""
+
+    languages: list[str] = field(default_factory=list)
+    """``xnli``: languages to use (empty: every language found in the folder)."""
+
+    split: str = "dev"
+    """``xnli``: split prefix of the per-language files ({split}-{lang}.tsv); ``hub``: split name."""
+
+    cross_lingual: bool = True
+    """``xnli``: mSimCSE sampling (premise in one language, hypotheses in randomly drawn ones);
+    false gives monolingual triplets for every language."""
+
+    skip_bad_rows: bool = False
+    """Skip malformed rows (and report how many) instead of failing on the first one."""
+
+    max_rows: int | None = None
+    """Keep only the first N triplets (quick experiments)."""
+
+    length_grouping: bool = True
+    """Sort rows by length inside large shuffled buckets so batches carry less padding."""
+
+    bucket_batches: int = 32
+    """Bucket size for length grouping, in global batches."""
+
+    cache_dir: str | None = None
+    """Arrow cache folder for the ``datasets`` library (None: its default)."""
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.05
+    """Softmax temperature applied to cosine similarities."""
+
+    hard_negatives: bool = True
+    """Score anchors against the contradiction hypotheses as extra candidates."""
+
+    gather_across_ranks: bool = True
+    """Use every rank's positives and negatives as candidates (autograd all-gather)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate for AdamW."""
+
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
+
+    eps: float = 1e-8
+    """AdamW epsilon."""
+
+    warmup_ratio: float = 0.1
+    """Fraction of optimizer steps with linear warmup from 0 to ``lr``."""
+
+    scheduler: Literal["linear", "constant"] = "linear"
+    """After warmup: linear decay to 0, or constant."""
+
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/tiny"
+    """Where logs, checkpoints and ``final/`` go."""
+
+    batch_size: int = 32
+    """GLOBAL batch in triplets per forward pass, summed over ranks: every triplet in it is a
+    negative for every other. Must divide by the number of processes."""
+
+    grad_accum_steps: int = 1
+    """Forward passes per optimizer step (each pass keeps its own in-batch negatives)."""
+
+    epochs: int = 1
+    """Passes over the data."""
+
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (None: run all epochs)."""
+
+    seed: int = 42
+    """Seed for model init, dropout and data order."""
+
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 on a GPU that supports it, else fp32. fp16 is refused for T5 models."""
+
+    log_every: int = 1
+    """Write a train_log.jsonl line every N optimizer steps."""
+
+    save_every: int | None = None
+    """Write a resumable checkpoint every N optimizer steps (None: only at the end)."""
+
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep (oldest removed first)."""
+
+    tensorboard: bool = True
+    """Also log through Accelerate's TensorBoard tracker."""
+
+    progress_bar: bool = True
+    """Show a progress bar on the main process."""
+
+    deepspeed_config: str | None = None
+    """Path to a DeepSpeed JSON config (None: plain Accelerate / DDP)."""
+
+
+@dataclass
+class EvalConfig:
+    sts_path: str | None = None
+    """STS-B style CSV (s1,s2,score) scored during training (Spearman x100); None disables it."""
+
+    every_steps: int | None = None
+    """Evaluate every N optimizer steps (and at the end) when ``sts_path`` is set."""
+
+    batch_size: int = 64
+    """Sentences per forward pass when embedding for evaluation."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The encoder and its pooling."""
+
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Which weights train."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training triplets and batching."""
+
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Contrastive objective."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop, output and checkpoint settings."""
+
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation during training."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float. Raise naming ``key``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(value, opt, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = _field_types(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown key '{where}' (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        where = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, where)
+        else:
+            kwargs[name] = _coerce(value, tp, where)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key '{key}' must be section.key (e.g. optim.lr=1e-4)")
+    # YAML parsing gives ints, floats, bools, null and [lists]; a bare word stays a string.
+    value = yaml.safe_load(text) if text.strip() else ""
+    return parts, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML) into a :class:`Config`, then apply ``section.key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raw = loaded or {}
+    for item in overrides or []:
+        (section, key), value = _parse_override(item)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"section '{section}' is not a mapping")
+        raw[section][key] = value
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

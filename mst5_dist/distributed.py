@@ -1,0 +1,106 @@
+"""Everything that touches ``torch.distributed`` lives here (and only here).
+
+At world size 1 every helper is the identity, so the same training code runs on one CPU, one GPU
+or many ranks without branches.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the gradient of ITS slice summed over all ranks.
+
+    Every rank's loss depends on every rank's embeddings (they are its negatives), so the gradient
+    w.r.t. this rank's embeddings is the sum of what all ranks' losses send back. An all_reduce of
+    the full gradient followed by slicing does exactly that and works on gloo as well as NCCL
+    (gloo has no reduce_scatter). DDP / ZeRO then average parameter gradients over ranks, which
+    turns "sum of local means" into the mean loss over the global batch: no manual rescaling.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.world = dist.get_rank(), dist.get_world_size()
+        ctx.n = tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(ctx.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every rank in rank order, keeping autograd. Identity at world 1.
+
+    All ranks must pass the same shape: the data sampler guarantees equal per-rank batches.
+    """
+    if not is_distributed():
+        return tensor
+    return _AllGatherWithGrad.apply(tensor)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def launched_world_size() -> int:
+    """World size announced by the launcher (torchrun / accelerate / deepspeed / SLURM srun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_group_kwargs(timeout_s: int = 600) -> list:
+    """Accelerate kwargs handlers that create the process group with a working backend.
+
+    On a machine without CUDA, Accelerate + DeepSpeed would otherwise pick a backend that leaves
+    every rank thinking it is alone (world 1, all "main"). Only pass the handler when a launcher
+    started several processes: in a plain single process it fails.
+    """
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if launched_world_size() <= 1:
+        return []
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    return [InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=timeout_s))]
+
+
+def check_world_size(num_processes: int) -> None:
+    """Fail loudly if the launcher's WORLD_SIZE, the process group and Accelerate disagree."""
+    launched = launched_world_size()
+    group = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if not (launched == group == num_processes):
+        raise RuntimeError(
+            f"world size mismatch: launcher WORLD_SIZE={launched}, process group={group}, "
+            f"accelerate num_processes={num_processes}. On CPU the process group must use gloo; "
+            "launch with one of the configs in ds_configs/."
+        )
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

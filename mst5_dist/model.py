@@ -1,0 +1,256 @@
+"""``SentenceEncoder``: a transformer encoder + masked pooling (+ L2 norm) = one vector per sentence.
+
+For T5-family checkpoints only the encoder stack is instantiated (``MT5EncoderModel``), so a
+google/mt5-xxl download never materialises its decoder. Other encoders (XLM-R, BERT) load through
+``AutoModel``. The directory written by ``save_pretrained`` holds ``sentence_encoder.json``
+(pooling, normalisation, base model), the tokenizer, and either a PEFT adapter (LoRA runs, with the
+base referenced by name/path) or the full weights (full fine-tuning).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+META_FILE = "sentence_encoder.json"
+T5_FAMILY = {"t5", "mt5", "umt5"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelError(ValueError):
+    """The model folder or settings are unusable; the message says why."""
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of the non-padding token states. An all-padding row gives a zero vector, not NaN."""
+    m = mask.unsqueeze(-1).to(torch.float32)
+    summed = (hidden.float() * m).sum(dim=1)
+    return summed / m.sum(dim=1).clamp(min=1.0)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "mean":
+        return mean_pool(hidden, mask)
+    if mode == "cls":
+        return hidden[:, 0].float()
+    raise ModelError(f"unknown pooling '{mode}' (use mean or cls)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
+    """Pooling, normalisation and max length from a sentence-transformers folder, if it is one."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    out: dict[str, Any] = {"normalize": False}
+    for module in _read_json(modules_file):
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg = _read_json(folder / module["path"] / "config.json")
+            if cfg.get("pooling_mode_mean_tokens"):
+                out["pooling"] = "mean"
+            elif cfg.get("pooling_mode_cls_token"):
+                out["pooling"] = "cls"
+            else:
+                raise ModelError(f"{folder}: unsupported sentence-transformers pooling {cfg}")
+        elif kind.endswith("Normalize"):
+            out["normalize"] = True
+        elif not kind.endswith("Transformer"):
+            raise ModelError(f"{modules_file}: unsupported module {kind}")
+    st_cfg = folder / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        out["max_seq_length"] = _read_json(st_cfg).get("max_seq_length")
+    return out
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    dtype: str = "fp32",
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """The encoder stack only: ``*EncoderModel`` for T5-family configs, ``AutoModel`` otherwise."""
+    from transformers import AutoConfig, AutoModel, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if config.model_type in T5_FAMILY and dtype == "fp16":
+        raise ModelError(
+            f"{name_or_path}: fp16 is refused for {config.model_type} models (their activations "
+            "overflow fp16 and give inf/NaN); use bf16 on GPU or fp32"
+        )
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    cls = {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}.get(config.model_type, AutoModel)
+    if cls is AutoModel and getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"{name_or_path}: encoder-decoder type {config.model_type} is not supported")
+    # An mT5 checkpoint holds the decoder too; skipping it is the point, so hide the load report.
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(name_or_path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+class SentenceEncoder(nn.Module):
+    """Encoder + pooling. ``forward(input_ids, attention_mask)`` returns (batch, dim) float32."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: Any,
+        *,
+        pooling: str = "mean",
+        normalize: bool = True,
+        max_seq_length: int = 128,
+        base_model: str | None = None,
+        tokenizer_use_fast: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ModelError(f"unknown pooling '{pooling}' (use mean or cls)")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length
+        self.base_model = base_model
+        self.tokenizer_use_fast = tokenizer_use_fast
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        pooling: str = "auto",
+        normalize: bool | None = None,
+        max_seq_length: int | None = None,
+        dtype: str = "fp32",
+        tokenizer_use_fast: bool | None = None,
+        attn_implementation: str | None = None,
+        is_trainable: bool = False,
+    ) -> SentenceEncoder:
+        """Load one of our saved encoders, a sentence-transformers folder, or any HF encoder.
+
+        Explicit arguments override what the folder records; ``pooling="auto"`` keeps it.
+        """
+        from transformers import AutoTokenizer
+
+        path = Path(name_or_path)
+        meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
+        settings = {"pooling": "mean", "normalize": True, "max_seq_length": 128}
+        settings.update({k: v for k, v in _sentence_transformers_settings(path).items() if v})
+        settings.update({k: meta[k] for k in ("pooling", "normalize", "max_seq_length") if k in meta})
+        if pooling != "auto":
+            settings["pooling"] = pooling
+        if normalize is not None:
+            settings["normalize"] = normalize
+        if max_seq_length is not None:
+            settings["max_seq_length"] = max_seq_length
+        use_fast = meta.get("tokenizer_use_fast", True) if tokenizer_use_fast is None else tokenizer_use_fast
+
+        if meta.get("adapter"):
+            from peft import PeftModel
+
+            base = meta["base_model"]
+            backbone = load_backbone(base, dtype=dtype, attn_implementation=attn_implementation)
+            backbone = PeftModel.from_pretrained(backbone, str(path), is_trainable=is_trainable)
+        else:
+            base = meta.get("base_model") or str(name_or_path)
+            backbone = load_backbone(str(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), use_fast=use_fast)
+        return cls(
+            backbone,
+            tokenizer,
+            pooling=settings["pooling"],
+            normalize=settings["normalize"],
+            max_seq_length=int(settings["max_seq_length"]),
+            base_model=base,
+            tokenizer_use_fast=use_fast,
+        )
+
+    # ---------------------------------------------------------------- compute
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        emb = pool(out.last_hidden_state, attention_mask, self.pooling)
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_seq_length,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Embed ``texts`` in length-sorted batches (less padding); rows come back in input order."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx])
+            emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+            for j, i in enumerate(idx):
+                out[i] = emb[j]
+        self.train(was_training)
+        if not texts:
+            return torch.empty(0, self.embedding_dim)
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    @property
+    def embedding_dim(self) -> int:
+        cfg = self.backbone.config
+        return getattr(cfg, "d_model", None) or cfg.hidden_size
+
+    @property
+    def model_type(self) -> str:
+        return self.backbone.config.model_type
+
+    # ---------------------------------------------------------------- saving
+    def meta(self) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "base_model": self.base_model,
+            "model_type": self.model_type,
+            "adapter": self.has_adapter,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_seq_length": self.max_seq_length,
+            "tokenizer_use_fast": self.tokenizer_use_fast,
+            "embedding_dim": self.embedding_dim,
+        }
+
+    @property
+    def has_adapter(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.backbone, PeftModel)
+
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write adapter-or-weights, tokenizer and ``sentence_encoder.json`` into ``path``.
+
+        ``state_dict`` lets a caller pass tensors it gathered itself (ZeRO-3 shards parameters).
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(str(path), state_dict=state_dict)
+        self.tokenizer.save_pretrained(str(path))
+        (path / META_FILE).write_text(json.dumps(self.meta(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,440 @@
+"""The m-ST5 trainer: LoRA contrastive fine-tuning of a sentence encoder through Accelerate.
+
+    train(cfg)  =  setup  ->  loop  ->  save  ->  cleanup
+
+One process, one GPU, DDP or DeepSpeed ZeRO: the same code. Cross-rank negatives come from the
+autograd all-gather in ``losses.info_nce``; the sampler gives every rank an equal slice of a
+global batch; checkpoints are written under a temporary name and renamed when complete.
+
+Usage: ``mst5 train --config FILE [section.key=value ...] [--resume latest|PATH]`` or
+``python -m mst5_dist.train ...`` (so ``accelerate launch -m mst5_dist.train ...`` works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mst5_dist import distributed
+from mst5_dist.config import Config, ConfigError, load_config, save_config
+from mst5_dist.data import DataError, GlobalBatchSampler, TripletCollator, load_dataset, token_lengths
+from mst5_dist.lora import apply_lora, count_parameters, enable_gradient_checkpointing
+from mst5_dist.losses import info_nce
+from mst5_dist.model import T5_FAMILY, ModelError, SentenceEncoder
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a checkpoint was written, resume with --resume latest
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+# Settings that fix the data order; resuming with different values would not continue the run.
+RESUME_KEYS = [("train", "batch_size"), ("train", "seed"), ("train", "grad_accum_steps"), ("data", "paths")]
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on a signal after writing a checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; saved with every checkpoint."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    """Current epoch."""
+    batch_in_epoch: int = 0
+    """Global batches of the current epoch already consumed."""
+
+
+class StopRequest:
+    """SIGINT / SIGTERM / SIGUSR1 set a flag; the loop checkpoints at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting
+        self.signum = signum
+
+
+# ------------------------------------------------------------------------------------ setup
+
+
+def resolve_mixed_precision(cfg: Config) -> str:
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mp
+
+
+def setup_accelerator(cfg: Config):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg),
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with="tensorboard" if cfg.train.tensorboard else None,
+        project_dir=cfg.train.output_dir,
+        kwargs_handlers=distributed.process_group_kwargs(),
+    )
+    distributed.check_world_size(accelerator.num_processes)
+    return accelerator
+
+
+def build_encoder(cfg: Config) -> SentenceEncoder:
+    m = cfg.model
+    encoder = SentenceEncoder.from_pretrained(
+        m.name_or_path,
+        pooling=m.pooling,
+        normalize=m.normalize,
+        max_seq_length=m.max_seq_length,
+        dtype=m.dtype,
+        tokenizer_use_fast=m.tokenizer_use_fast,
+        attn_implementation=m.attn_implementation,
+    )
+    if encoder.model_type in T5_FAMILY and cfg.train.mixed_precision == "fp16":
+        raise ModelError("train.mixed_precision=fp16 is refused for T5-family models (they overflow fp16); use bf16")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    apply_lora(encoder, cfg.lora)
+    if m.gradient_checkpointing:
+        enable_gradient_checkpointing(encoder)
+    return encoder
+
+
+def build_data(cfg: Config, encoder: SentenceEncoder, world_size: int, rank: int, log):
+    need_neg = cfg.loss.hard_negatives
+    dataset = load_dataset(cfg.data, cfg.train.seed, need_negative=need_neg, log=log)
+    lengths = (
+        token_lengths(dataset, encoder.tokenizer, encoder.max_seq_length, need_neg)
+        if cfg.data.length_grouping
+        else None
+    )
+    sampler = GlobalBatchSampler(
+        dataset["source_id"],
+        cfg.train.batch_size,
+        world_size=world_size,
+        rank=rank,
+        seed=cfg.train.seed,
+        lengths=lengths,
+        bucket_batches=cfg.data.bucket_batches,
+    )
+    collator = TripletCollator(encoder.tokenizer, encoder.max_seq_length, need_neg)
+    return dataset, sampler, collator
+
+
+def build_optimizer(cfg: Config, encoder: SentenceEncoder, total_steps: int):
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    o = cfg.optim
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    warmup = math.ceil(total_steps * o.warmup_ratio)
+    if o.scheduler == "linear":
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    return optimizer, scheduler
+
+
+def configure_deepspeed(accelerator, cfg: Config, local_batch: int) -> None:
+    """Fill DeepSpeed's "auto" batch fields from our config (we pass no dataloader to prepare)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = local_batch
+    ds["gradient_accumulation_steps"] = cfg.train.grad_accum_steps
+    ds["train_batch_size"] = local_batch * accelerator.num_processes * cfg.train.grad_accum_steps
+    if ds.get("gradient_clipping", "auto") == "auto":
+        ds["gradient_clipping"] = cfg.optim.max_grad_norm  # Accelerate would silently pick 1.0
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a ``.tmp`` folder is an unfinished write)."""
+    root = output_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Path) -> Path:
+    """save_state into ``step-N.tmp`` on all ranks, then rename on the main process."""
+    root = output_dir / CHECKPOINTS
+    final = root / f"step-{state.step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)) + "\n")
+        save_config(cfg, tmp / "config.yaml")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoint_dirs(output_dir)[: -cfg.train.keep_checkpoints or None]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, cfg: Config, path: Path) -> TrainState:
+    saved = load_config(path / "config.yaml")
+    for section, key in RESUME_KEYS:
+        old, new = getattr(getattr(saved, section), key), getattr(getattr(cfg, section), key)
+        if old != new:
+            raise ConfigError(f"cannot resume from {path}: {section}.{key} was {old!r}, now {new!r}")
+    accelerator.load_state(str(path))
+    return TrainState(**json.loads((path / STATE_FILE).read_text()))
+
+
+def save_final(accelerator, model, cfg: Config, output_dir: Path) -> Path:
+    """The finished encoder as ``final/`` (adapter + tokenizer + pooling), written atomically."""
+    final = output_dir / "final"
+    tmp = output_dir / "final.tmp"
+    encoder: SentenceEncoder = accelerator.unwrap_model(model)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        encoder.save_pretrained(tmp)
+        save_config(cfg, tmp / "training_config.yaml")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ------------------------------------------------------------------------------------ loop
+
+
+def compute_loss(model, batch: dict[str, Any], cfg: Config, device) -> torch.Tensor:
+    emb = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    n = batch["n"]
+    negatives = emb[2 * n : 3 * n] if cfg.loss.hard_negatives else None
+    gather = None if cfg.loss.gather_across_ranks else (lambda t: t)
+    return info_nce(emb[:n], emb[n : 2 * n], negatives, temperature=cfg.loss.temperature, gather=gather)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(cfg: Config, resume: str | None = None) -> Path:
+    """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``Interrupted`` after a signal."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    # ---- setup (nothing is written until the data and model load without error)
+    accelerator = setup_accelerator(cfg)
+    log = accelerator.print
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    output_dir = Path(cfg.train.output_dir)
+    encoder = build_encoder(cfg)
+    trainable, total = count_parameters(encoder)
+    log(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / max(total, 1):.3f}%)")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    dataset, sampler, collator = build_data(cfg, encoder, world, rank, log)
+    # The source-id rule can leave a different number of batches in each epoch's order.
+    accum = cfg.train.grad_accum_steps
+    epoch_batches = [len(sampler.global_batches(e)) // accum * accum for e in range(cfg.train.epochs)]
+    if epoch_batches[0] == 0:
+        raise DataError(
+            f"{len(dataset)} triplets give no full step of {cfg.train.batch_size} x {accum} "
+            "(lower train.batch_size or add data)"
+        )
+    total_steps = sum(epoch_batches) // accum
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    log(
+        f"data: {len(dataset)} triplets, {epoch_batches[0]} global batches of {cfg.train.batch_size} in epoch 0 "
+        f"({sampler.dropped} rows left out), {world} process(es), {total_steps} optimizer steps"
+    )
+    optimizer, scheduler = build_optimizer(cfg, encoder, total_steps)
+    configure_deepspeed(accelerator, cfg, sampler.local_batch)
+    model, optimizer = accelerator.prepare(encoder, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainState()
+    if resume:
+        ckpt = find_resume_checkpoint(output_dir, resume)
+        if ckpt is None:
+            log(f"--resume {resume}: no checkpoint in {output_dir / CHECKPOINTS}, starting from scratch")
+        else:
+            state = load_checkpoint(accelerator, cfg, ckpt)
+            log(f"resumed from {ckpt} at step {state.step}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    if cfg.train.tensorboard:
+        accelerator.init_trackers("tensorboard")
+    log_file = output_dir / "train_log.jsonl"
+    stop = StopRequest()
+    stop.install()
+
+    # ---- loop
+    device = accelerator.device
+    progress = tqdm(
+        total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress_bar)
+    )
+    model.train()
+    while state.step < total_steps:
+        if state.batch_in_epoch >= epoch_batches[state.epoch]:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        sampler.set_epoch(state.epoch, state.batch_in_epoch)
+        # A private generator: creating a DataLoader iterator draws from the global torch RNG,
+        # which would shift the dropout masks of a resumed run against an uninterrupted one.
+        loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, generator=torch.Generator()))
+        while state.step < total_steps and state.batch_in_epoch < epoch_batches[state.epoch]:
+            start = time.perf_counter()
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, real tokens, padded tokens, sentences
+            grad_norm = None
+            for _ in range(cfg.train.grad_accum_steps):
+                batch = next(loader)
+                with accelerator.accumulate(model):
+                    loss = compute_loss(model, batch, cfg, device)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = clip_gradients(accelerator, model, cfg)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                state.batch_in_epoch += 1
+                sums += torch.tensor(
+                    [loss.item(), batch["real_tokens"], batch["padded_tokens"], batch["input_ids"].shape[0]],
+                    dtype=torch.float64,
+                )
+            scheduler.step()
+            state.step += 1
+            if grad_norm is None:  # DeepSpeed clips inside its step and keeps the norm
+                grad_norm = deepspeed_grad_norm(model)
+            sums = accelerator.reduce(sums.to(device), reduction="sum").cpu()
+            elapsed = time.perf_counter() - start
+            record = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": sums[0].item() / (world * cfg.train.grad_accum_steps),
+                "grad_norm": grad_norm,
+                "lr": scheduler.get_last_lr()[0],
+                "sentences_per_s": sums[3].item() / elapsed,
+                "tokens_per_s": sums[1].item() / elapsed,
+                "padding_fraction": 1.0 - sums[1].item() / sums[2].item(),
+                "step_time_s": elapsed,
+                "peak_memory_mb": peak_memory_mb(),
+                "world_size": world,
+            }
+            if accelerator.is_main_process and state.step % cfg.train.log_every == 0:
+                with log_file.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{record['loss']:.4f}")
+            if cfg.train.tensorboard:
+                accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
+            progress.update(1)
+            if distributed.any_rank(stop.signum is not None, device):
+                path = save_checkpoint(accelerator, cfg, state, output_dir)
+                progress.close()
+                raise Interrupted(
+                    f"stopped by signal at step {state.step}; checkpoint {path}; rerun with --resume latest"
+                )
+            if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < total_steps:
+                save_checkpoint(accelerator, cfg, state, output_dir)
+    progress.close()
+
+    # ---- save
+    save_checkpoint(accelerator, cfg, state, output_dir)
+    final = save_final(accelerator, model, cfg, output_dir)
+    log(f"done: {state.step} steps, model in {final}")
+
+    # ---- cleanup
+    accelerator.end_training()
+    accelerator.wait_for_everyone()  # one DDP run aborted at exit without this barrier
+    return final
+
+
+def clip_gradients(accelerator, model, cfg: Config) -> float | None:
+    """Global grad norm BEFORE clipping (None under DeepSpeed, which clips in its own step)."""
+    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    return None if norm is None else float(norm)
+
+
+def deepspeed_grad_norm(model) -> float | None:
+    get = getattr(model, "get_global_grad_norm", None)
+    norm = get() if get else None
+    return None if norm is None else float(norm)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-4")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Exit code 0 only when training completed; otherwise one line on stderr says why."""
+    try:
+        cfg = load_config(args.config, args.overrides)
+        train(cfg, resume=args.resume)
+        return 0
+    except Interrupted as e:
+        print(f"mst5 train: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, DataError, ModelError, FileNotFoundError) as e:
+        print(f"mst5 train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mst5 train: aborted (second interrupt); last complete checkpoint kept", file=sys.stderr)
+        return 130
+    except Exception as e:
+        traceback.print_exc()
+        print(f"mst5 train: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mst5_dist.train", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from mst5_dist.config import LoraConfig
+from mst5_dist.lora import apply_lora, count_parameters
+from mst5_dist.model import ModelError, SentenceEncoder, mean_pool
+
+MULTILINGUAL = [
+    "The weather is nice today.",
+    "Das Wetter ist heute schön.",
+    "El tiempo es agradable hoy.",
+    "Сегодня хорошая погода.",
+    "今天天气很好。",
+    "الطقس جميل اليوم.",
+]
+
+
+def test_mean_pool_excludes_padding_and_survives_empty_rows():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [7.0, 7.0], [9.0, 9.0]]])
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    out = mean_pool(hidden, mask)
+    assert torch.equal(out[0], torch.tensor([2.0, 3.0]))
+    assert torch.equal(out[1], torch.zeros(2))  # all padding: zero, not NaN
+
+
+def test_tokenizer_round_trips_real_text(tiny_base):
+    enc = SentenceEncoder.from_pretrained(tiny_base)
+    tok = enc.tokenizer
+    for text in MULTILINGUAL:
+        ids = tok(text)["input_ids"]
+        assert tok.unk_token_id not in ids, text
+        assert tok.decode(ids, skip_special_tokens=True) == text
+    slow = SentenceEncoder.from_pretrained(tiny_base, tokenizer_use_fast=False).tokenizer
+    assert slow(MULTILINGUAL)["input_ids"] == tok(MULTILINGUAL)["input_ids"]
+
+
+def test_only_the_encoder_is_loaded(tiny_base):
+    enc = SentenceEncoder.from_pretrained(tiny_base)
+    assert type(enc.backbone).__name__ == "MT5EncoderModel"
+    assert not any("decoder" in n for n, _ in enc.named_parameters())
+
+
+def test_padding_does_not_change_embeddings(tiny_base):
+    enc = SentenceEncoder.from_pretrained(tiny_base).eval()
+    alone = torch.stack([enc.encode([t])[0] for t in MULTILINGUAL])
+    together = enc.encode(MULTILINGUAL)
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(together.norm(dim=-1), torch.ones(len(MULTILINGUAL)))
+
+
+def test_fp16_is_refused_for_t5(tiny_base):
+    with pytest.raises(ModelError, match="fp16"):
+        SentenceEncoder.from_pretrained(tiny_base, dtype="fp16")
+
+
+@pytest.mark.parametrize(
+    "preset, expected", [("qv", {"q", "v"}), ("all-linear", {"q", "k", "v", "o", "wi_0", "wi_1", "wo"})]
+)
+def test_lora_presets_on_t5(tiny_base, preset, expected):
+    enc = SentenceEncoder.from_pretrained(tiny_base)
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    apply_lora(enc, LoraConfig(preset=preset))
+    wrapped = {n.rsplit(".lora_A", 1)[0].split(".")[-1] for n, _ in enc.named_parameters() if ".lora_A." in n}
+    assert wrapped == expected
+    trainable, total = count_parameters(enc)
+    assert 0 < trainable < total
+
+
+def test_save_and_reload_by_path_gives_identical_embeddings(tiny_base, tmp_path):
+    """The same from_pretrained path a GPU user takes with google/mt5-xxl, on a tiny model."""
+    torch.manual_seed(0)
+    enc = SentenceEncoder.from_pretrained(tiny_base, max_seq_length=48)
+    apply_lora(enc, LoraConfig(preset="all-linear"))
+    with torch.no_grad():  # move the adapter off its zero init so the test means something
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    before = enc.encode(MULTILINGUAL)
+    base = SentenceEncoder.from_pretrained(tiny_base).encode(MULTILINGUAL)
+    assert (before - base).abs().max() > 1e-3
+    enc.save_pretrained(tmp_path / "saved")
+    again = SentenceEncoder.from_pretrained(tmp_path / "saved")
+    assert again.max_seq_length == 48 and again.has_adapter
+    assert torch.equal(again.encode(MULTILINGUAL), before)
+
+
+def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
+    """A real pretrained model nobody here trained: our loader+pooling == sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    lines = (shared_data / "stsb-multi-mt" / "stsb-en-test.csv").read_text().splitlines()[:64]
+    sentences = [line.split('","')[0].lstrip('"') if line.startswith('"') else line.split(",")[0] for line in lines]
+    ours = SentenceEncoder.from_pretrained(minilm_path)
+    assert (ours.pooling, ours.normalize, ours.max_seq_length) == ("mean", True, 256)
+    mine = ours.encode(sentences, batch_size=16)
+    theirs = torch.from_numpy(SentenceTransformer(str(minilm_path), device="cpu").encode(sentences, batch_size=16))
+    cos = torch.nn.functional.cosine_similarity(mine, theirs, dim=-1)
+    assert cos.min().item() >= 0.9999
