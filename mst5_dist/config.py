@@ -189,7 +189,8 @@ class EvalConfig:
     """STS-B style CSV (s1,s2,score) scored during training (Spearman x100); None disables it."""
 
     every_steps: int | None = None
-    """Evaluate every N optimizer steps (and at the end) when ``sts_path`` is set."""
+    """Evaluate every N optimizer steps when ``sts_path`` is set (it is always evaluated at the end);
+    the score is logged as ``eval_sts_spearman``."""
 
     batch_size: int = 64
     """Sentences per forward pass when embedding for evaluation."""

@@ -31,6 +31,7 @@ import torch
 from mst5_dist import distributed
 from mst5_dist.config import Config, ConfigError, load_config, save_config
 from mst5_dist.data import DataError, GlobalBatchSampler, TripletCollator, load_dataset, token_lengths
+from mst5_dist.evaluate.sts import EvalDataError, evaluate_sts, read_stsb_csv
 from mst5_dist.lora import apply_lora, count_parameters, enable_gradient_checkpointing
 from mst5_dist.losses import info_nce
 from mst5_dist.model import T5_FAMILY, ModelError, SentenceEncoder
@@ -286,6 +287,7 @@ def train(cfg: Config, resume: str | None = None) -> Path:
         f"data: {len(dataset)} triplets, {epoch_batches[0]} global batches of {cfg.train.batch_size} in epoch 0 "
         f"({sampler.dropped} rows left out), {world} process(es), {total_steps} optimizer steps"
     )
+    eval_pairs = read_stsb_csv(cfg.eval.sts_path) if cfg.eval.sts_path else None
     optimizer, scheduler = build_optimizer(cfg, encoder, total_steps)
     configure_deepspeed(accelerator, cfg, sampler.local_batch)
     model, optimizer = accelerator.prepare(encoder, optimizer)
@@ -358,6 +360,10 @@ def train(cfg: Config, resume: str | None = None) -> Path:
                 "peak_memory_mb": peak_memory_mb(),
                 "world_size": world,
             }
+            every = cfg.eval.every_steps
+            if eval_pairs is not None and ((every and state.step % every == 0) or state.step == total_steps):
+                record["eval_sts_spearman"] = run_eval(accelerator, model, eval_pairs, cfg)
+                log(f"step {state.step}: STS Spearman x100 = {record['eval_sts_spearman']:.2f}")
             if accelerator.is_main_process and state.step % cfg.train.log_every == 0:
                 with log_file.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -384,6 +390,13 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     accelerator.end_training()
     accelerator.wait_for_everyone()  # one DDP run aborted at exit without this barrier
     return final
+
+
+def run_eval(accelerator, model, pairs, cfg: Config) -> float:
+    encoder = accelerator.unwrap_model(model)
+    score = evaluate_sts(encoder, pairs, cfg.eval.batch_size)
+    encoder.train()
+    return score
 
 
 def clip_gradients(accelerator, model, cfg: Config) -> float | None:
@@ -417,7 +430,7 @@ def run_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"mst5 train: interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as e:
+    except (ConfigError, DataError, EvalDataError, ModelError, FileNotFoundError) as e:
         print(f"mst5 train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

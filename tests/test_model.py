@@ -97,3 +97,26 @@ def test_minilm_matches_sentence_transformers(minilm_path, shared_data):
     theirs = torch.from_numpy(SentenceTransformer(str(minilm_path), device="cpu").encode(sentences, batch_size=16))
     cos = torch.nn.functional.cosine_similarity(mine, theirs, dim=-1)
     assert cos.min().item() >= 0.9999
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_base):
+    from mst5_dist.lora import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        enc = SentenceEncoder.from_pretrained(tiny_base)
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        apply_lora(enc, LoraConfig(preset="all-linear", dropout=0.0))
+        if checkpointing:
+            enable_gradient_checkpointing(enc)
+        enc.eval()  # no dropout: both passes compute the same function
+        batch = enc.tokenize(MULTILINGUAL)
+        enc(batch["input_ids"], batch["attention_mask"]).pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.requires_grad and "lora_B" in n})
+    # lora_B starts at zero (so lora_A gets no gradient yet); lora_B's gradient is non-zero
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(g.abs().sum() > 0 for g in grads[1].values())
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)

@@ -112,3 +112,32 @@ def test_lora_run_on_real_minilm_lowers_loss(minilm_path, tmp_path):
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     meta = json.loads((out / "final" / "sentence_encoder.json").read_text())
     assert meta["model_type"] == "bert" and meta["pooling"] == "mean" and meta["adapter"]
+
+
+def test_python_dash_m_entry_point_with_eval_and_checkpointing(tiny_base, tmp_path, shared_data):
+    """`python -m mst5_dist.train` (what `accelerate launch -m` runs), gradient checkpointing on,
+    periodic STS evaluation on real STS-B dev pairs logged with the training metrics."""
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mst5_dist.train",
+            "--config",
+            TINY,
+            f"model.name_or_path={tiny_base}",
+            f"train.output_dir={out}",
+            "train.max_steps=4",
+            "model.gradient_checkpointing=true",
+            f"eval.sts_path={shared_data / 'stsb-multi-mt' / 'stsb-en-dev.csv'}",
+            "eval.every_steps=2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_log(out)
+    assert [("eval_sts_spearman" in r) for r in log] == [False, True, False, True]
+    assert all(-100 <= r.get("eval_sts_spearman", 0) <= 100 for r in log)

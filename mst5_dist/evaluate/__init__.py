@@ -1,0 +1,1 @@
+"""Evaluation tasks, one module per family (STS now; Tatoeba, BUCC, alignment metrics follow)."""
