@@ -45,6 +45,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory (works with LoRA)."""
 
+    dropout: float | None = None
+    """Override the backbone's dropout rate (T5 ``dropout_rate``; BERT-like hidden and attention
+    dropout); None keeps the checkpoint's value. 0 makes N ranks and 1 process bit-comparable."""
+
     attn_implementation: str | None = None
     """Attention kernel passed to transformers (``eager``, ``sdpa``); None keeps the library default."""
 

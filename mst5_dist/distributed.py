@@ -104,3 +104,29 @@ def check_world_size(num_processes: int) -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def zero_stage(accelerator) -> int:
+    """DeepSpeed ZeRO stage of this run (0 when DeepSpeed is not in use)."""
+    plugin = accelerator.state.deepspeed_plugin
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin else 0
+
+
+def full_trainable_state_dict(accelerator, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters as full CPU tensors, on every rank.
+
+    Under ZeRO-3 each rank holds only a shard (a saved adapter would be tensors of shape (0,),
+    the known peft/DeepSpeed trap): all ranks must enter ``GatheredParameters`` together.
+    """
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if zero_stage(accelerator) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            return {n: p.detach().cpu().clone() for n, p in named}
+    return {n: p.detach().cpu().clone() for n, p in named}
+
+
+def numel(p: torch.nn.Parameter) -> int:
+    """Parameter size, also for a ZeRO-3 partitioned parameter (whose local numel is 0)."""
+    return getattr(p, "ds_numel", None) or p.numel()

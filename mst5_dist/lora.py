@@ -56,6 +56,8 @@ def enable_gradient_checkpointing(encoder: SentenceEncoder) -> None:
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in module.parameters())
+    from mst5_dist.distributed import numel
+
+    trainable = sum(numel(p) for p in module.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in module.parameters())
     return trainable, total

@@ -76,6 +76,7 @@ def load_backbone(
     *,
     dtype: str = "fp32",
     attn_implementation: str | None = None,
+    dropout: float | None = None,
 ) -> nn.Module:
     """The encoder stack only: ``*EncoderModel`` for T5-family configs, ``AutoModel`` otherwise."""
     from transformers import AutoConfig, AutoModel, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
@@ -89,6 +90,13 @@ def load_backbone(
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if dropout is not None:
+        names = (
+            ["dropout_rate"]
+            if config.model_type in T5_FAMILY
+            else ["hidden_dropout_prob", "attention_probs_dropout_prob"]
+        )
+        kwargs.update({n: dropout for n in names if hasattr(config, n)})
     cls = {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}.get(config.model_type, AutoModel)
     if cls is AutoModel and getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"{name_or_path}: encoder-decoder type {config.model_type} is not supported")
@@ -140,6 +148,7 @@ class SentenceEncoder(nn.Module):
         dtype: str = "fp32",
         tokenizer_use_fast: bool | None = None,
         attn_implementation: str | None = None,
+        dropout: float | None = None,
         is_trainable: bool = False,
     ) -> SentenceEncoder:
         """Load one of our saved encoders, a sentence-transformers folder, or any HF encoder.
@@ -165,11 +174,13 @@ class SentenceEncoder(nn.Module):
             from peft import PeftModel
 
             base = meta["base_model"]
-            backbone = load_backbone(base, dtype=dtype, attn_implementation=attn_implementation)
+            backbone = load_backbone(base, dtype=dtype, attn_implementation=attn_implementation, dropout=dropout)
             backbone = PeftModel.from_pretrained(backbone, str(path), is_trainable=is_trainable)
         else:
             base = meta.get("base_model") or str(name_or_path)
-            backbone = load_backbone(str(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
+            backbone = load_backbone(
+                str(name_or_path), dtype=dtype, attn_implementation=attn_implementation, dropout=dropout
+            )
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), use_fast=use_fast)
         return cls(
             backbone,

@@ -109,6 +109,7 @@ def build_encoder(cfg: Config) -> SentenceEncoder:
         dtype=m.dtype,
         tokenizer_use_fast=m.tokenizer_use_fast,
         attn_implementation=m.attn_implementation,
+        dropout=m.dropout,
     )
     if encoder.model_type in T5_FAMILY and cfg.train.mixed_precision == "fp16":
         raise ModelError("train.mixed_precision=fp16 is refused for T5-family models (they overflow fp16); use bf16")
@@ -155,12 +156,22 @@ def build_optimizer(cfg: Config, encoder: SentenceEncoder, total_steps: int):
     return optimizer, scheduler
 
 
-def configure_deepspeed(accelerator, cfg: Config, local_batch: int) -> None:
-    """Fill DeepSpeed's "auto" batch fields from our config (we pass no dataloader to prepare)."""
+def configure_deepspeed(accelerator, cfg: Config, local_batch: int, hidden: int) -> None:
+    """Fill DeepSpeed's "auto" fields from our config: we pass no dataloader to prepare (so
+    Accelerate cannot infer the batch) and our wrapper has no ``model.config`` (so it cannot
+    size ZeRO-3 buckets); the bucket sizes follow Accelerate's own rule of thumb."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
     ds = plugin.deepspeed_config
+    zero = ds.setdefault("zero_optimization", {})
+    for key, value in {
+        "reduce_bucket_size": hidden * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_param_persistence_threshold": 10 * hidden,
+    }.items():
+        if zero.get(key) == "auto":
+            zero[key] = value
     ds["train_micro_batch_size_per_gpu"] = local_batch
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum_steps
     ds["train_batch_size"] = local_batch * accelerator.num_processes * cfg.train.grad_accum_steps
@@ -191,7 +202,11 @@ def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
 
 
 def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Path) -> Path:
-    """save_state into ``step-N.tmp`` on all ranks, then rename on the main process."""
+    """save_state into ``step-N.tmp`` on all ranks, then rename on the main process.
+
+    LoRA runs keep only trainable tensors: the frozen base (18 GB for mt5-xxl in fp32) is
+    reloaded from ``model.name_or_path`` on resume, not copied into every checkpoint.
+    """
     root = output_dir / CHECKPOINTS
     final = root / f"step-{state.step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -199,10 +214,16 @@ def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Pat
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    kwargs = {"exclude_frozen_parameters": True} if distributed.zero_stage(accelerator) and lora_only(cfg) else {}
+    accelerator.save_state(str(tmp), **kwargs)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)) + "\n")
+        meta = {
+            **asdict(state),
+            "world_size": accelerator.num_processes,
+            "zero_stage": distributed.zero_stage(accelerator),
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(meta) + "\n")
         save_config(cfg, tmp / "config.yaml")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -212,30 +233,86 @@ def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Pat
     return final
 
 
+def lora_only(cfg: Config) -> bool:
+    return cfg.lora.preset != "full"
+
+
+def keep_trainable_only(model_names: set[str]):
+    """save_state hook (non-DeepSpeed): drop frozen tensors from the saved model weights."""
+
+    def hook(models, weights, output_dir) -> None:
+        for i, sd in enumerate(weights):
+            weights[i] = {k: v for k, v in sd.items() if k in model_names}
+
+    return hook
+
+
 def load_checkpoint(accelerator, cfg: Config, path: Path) -> TrainState:
     saved = load_config(path / "config.yaml")
     for section, key in RESUME_KEYS:
         old, new = getattr(getattr(saved, section), key), getattr(getattr(cfg, section), key)
         if old != new:
             raise ConfigError(f"cannot resume from {path}: {section}.{key} was {old!r}, now {new!r}")
-    accelerator.load_state(str(path))
-    return TrainState(**json.loads((path / STATE_FILE).read_text()))
+    meta = json.loads((path / STATE_FILE).read_text())
+    saved_world, saved_stage = meta.pop("world_size", 1), meta.pop("zero_stage", 0)
+    stage = distributed.zero_stage(accelerator)
+    if saved_stage != stage:
+        raise ConfigError(f"cannot resume from {path}: written under ZeRO stage {saved_stage}, now stage {stage}")
+    if stage and saved_world != accelerator.num_processes:
+        # ZeRO partitions optimizer state (and ZeRO-3 parameters) per rank; DeepSpeed cannot load
+        # N partitions into M ranks without converting to a universal checkpoint first.
+        raise ConfigError(
+            f"cannot resume from {path}: written by {saved_world} ranks under ZeRO-{stage}, now "
+            f"{accelerator.num_processes}; resume with {saved_world} processes, or convert it with "
+            "DeepSpeed's ds_to_universal.py and load it as a universal checkpoint"
+        )
+    if stage:
+        accelerator.load_state(str(path), load_module_strict=not lora_only(cfg))
+    else:
+        accelerator.load_state(str(path), strict=not lora_only(cfg))  # safetensors.load_model(strict=)
+    return TrainState(**meta)
 
 
 def save_final(accelerator, model, cfg: Config, output_dir: Path) -> Path:
-    """The finished encoder as ``final/`` (adapter + tokenizer + pooling), written atomically."""
+    """The finished encoder as ``final/`` (adapter + tokenizer + pooling), written atomically.
+
+    Under ZeRO-3 the trainable tensors are gathered from all ranks first, and the written
+    adapter is read back and compared, so an empty-tensor adapter can never be shipped.
+    """
     final = output_dir / "final"
     tmp = output_dir / "final.tmp"
     encoder: SentenceEncoder = accelerator.unwrap_model(model)
+    if lora_only(cfg):
+        state = distributed.full_trainable_state_dict(accelerator, encoder.backbone)
+    else:
+        state = accelerator.get_state_dict(model)  # full fine-tuning: every weight (gathered)
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        encoder.save_pretrained(tmp)
+        encoder.save_pretrained(tmp, state_dict=state)
         save_config(cfg, tmp / "training_config.yaml")
+        if lora_only(cfg):
+            verify_adapter(tmp, state)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     accelerator.wait_for_everyone()
     return final
+
+
+def verify_adapter(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Reload the written adapter and compare it with the in-memory tensors."""
+    from safetensors.torch import load_file
+
+    written = load_file(str(path / "adapter_model.safetensors"))
+    expected = {k.replace(".default.", "."): v for k, v in state.items() if "lora_" in k}
+    expected = {k.removeprefix("base_model.model."): v for k, v in expected.items()}
+    got = {k.removeprefix("base_model.model."): v for k, v in written.items()}
+    if set(got) != set(expected):
+        raise RuntimeError(f"saved adapter keys differ: missing {sorted(set(expected) - set(got))[:3]}")
+    for k, v in expected.items():
+        if got[k].shape != v.shape or got[k].numel() == 0 or not torch.equal(got[k], v.to(got[k].dtype)):
+            raise RuntimeError(f"saved adapter tensor {k} does not match the trained one ({tuple(got[k].shape)})")
 
 
 # ------------------------------------------------------------------------------------ loop
@@ -247,6 +324,17 @@ def compute_loss(model, batch: dict[str, Any], cfg: Config, device) -> torch.Ten
     negatives = emb[2 * n : 3 * n] if cfg.loss.hard_negatives else None
     gather = None if cfg.loss.gather_across_ranks else (lambda t: t)
     return info_nce(emb[:n], emb[n : 2 * n], negatives, temperature=cfg.loss.temperature, gather=gather)
+
+
+# Dense bf16 tensor-core peak FLOP/s per GPU, by device name (for MFU).
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}
+
+
+def peak_bf16_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
 def peak_memory_mb() -> float:
@@ -289,9 +377,12 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     )
     eval_pairs = read_stsb_csv(cfg.eval.sts_path) if cfg.eval.sts_path else None
     optimizer, scheduler = build_optimizer(cfg, encoder, total_steps)
-    configure_deepspeed(accelerator, cfg, sampler.local_batch)
+    configure_deepspeed(accelerator, cfg, sampler.local_batch, encoder.embedding_dim)
     model, optimizer = accelerator.prepare(encoder, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    if lora_only(cfg) and not distributed.zero_stage(accelerator):
+        trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+        accelerator.register_save_state_pre_hook(keep_trainable_only(trainable))
 
     state = TrainState()
     if resume:
@@ -312,6 +403,7 @@ def train(cfg: Config, resume: str | None = None) -> Path:
 
     # ---- loop
     device = accelerator.device
+    mfu_flops = peak_bf16_flops()
     progress = tqdm(
         total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress_bar)
     )
@@ -360,6 +452,11 @@ def train(cfg: Config, resume: str | None = None) -> Path:
                 "peak_memory_mb": peak_memory_mb(),
                 "world_size": world,
             }
+            per_rank_mem = accelerator.gather(torch.tensor([record["peak_memory_mb"]], device=device))
+            record["peak_memory_mb_per_rank"] = [round(float(m), 1) for m in per_rank_mem.cpu()]
+            if mfu_flops is not None:
+                # 6 x parameters x tokens per step (forward 2, backward 4) over the GPUs' bf16 peak.
+                record["mfu"] = 6 * total * sums[2].item() / elapsed / (mfu_flops * world)
             every = cfg.eval.every_steps
             if eval_pairs is not None and ((every and state.step % every == 0) or state.step == total_steps):
                 record["eval_sts_spearman"] = run_eval(accelerator, model, eval_pairs, cfg)
@@ -387,8 +484,8 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     log(f"done: {state.step} steps, model in {final}")
 
     # ---- cleanup
-    accelerator.end_training()
     accelerator.wait_for_everyone()  # one DDP run aborted at exit without this barrier
+    accelerator.end_training()
     return final
 
 
