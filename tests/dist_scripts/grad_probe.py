@@ -1,0 +1,102 @@
+"""Gradient probe: loss and full LoRA gradients of ONE step on fixed rows, written by rank 0.
+
+Run directly (1 process, the global batch) or under `accelerate launch` (N ranks, each its slice of
+the same global batch); the test compares the two. Uses the trainer's own setup and loss code.
+
+    python grad_probe.py --base DIR --out FILE [--accum A] [--global-batch G]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from mst5_dist.config import load_config
+from mst5_dist.data import TripletCollator, read_jsonl
+from mst5_dist.tiny_default import builtin_path
+from mst5_dist.train import build_encoder, compute_loss, configure_deepspeed, setup_accelerator
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--global-batch", type=int, default=8)
+    args = ap.parse_args()
+    G, A = args.global_batch, args.accum
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"model.name_or_path={args.base}",
+            "model.dropout=0.0",
+            "lora.dropout=0.0",
+            f"train.batch_size={G}",
+            f"train.grad_accum_steps={A}",
+            "train.tensorboard=false",
+            "train.output_dir=/tmp/unused-probe",
+        ],
+    )
+    accelerator = setup_accelerator(cfg)
+    torch.manual_seed(0)
+    encoder = build_encoder(cfg)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero lora_B so that every LoRA tensor gets a gradient
+        for name, p in encoder.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    local = G // world
+    rows = read_jsonl(builtin_path("tiny_nli")).rows[::6]  # one row per source example
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=0.0)
+    configure_deepspeed(accelerator, cfg, local, encoder.embedding_dim)
+    model, optimizer = accelerator.prepare(encoder, optimizer)
+    names = [n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+    params = [p for _, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    results = {}
+    for hard in [True, False] if A == 1 else [True]:
+        cfg.loss.hard_negatives = hard
+        collator = TripletCollator(encoder.tokenizer, 64, hard)
+        losses = []
+        for micro in range(A):
+            batch = collator(rows[micro * G : (micro + 1) * G][rank * local : (rank + 1) * local])
+            if deepspeed:
+                # The engine itself: accelerator.backward would also run engine.step() at the
+                # boundary, and the gradients must be read between backward and step.
+                loss = compute_loss(model, batch, cfg, accelerator.device)
+                model.backward(loss)
+                if micro < A - 1:
+                    model.step()  # not a boundary: only advances DeepSpeed's micro-step counter
+            else:
+                with accelerator.accumulate(model):
+                    loss = compute_loss(model, batch, cfg, accelerator.device)
+                    accelerator.backward(loss)
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+        if deepspeed:
+            from deepspeed.utils import safe_get_full_grad
+
+            grads = {n: safe_get_full_grad(p).detach().cpu().clone() for n, p in zip(names, params)}
+        else:
+            grads = {n: p.grad.detach().cpu().clone() for n, p in zip(names, params)}
+        results[f"hard={hard}"] = {"losses": losses, "grads": grads}
+        if deepspeed:
+            model.optimizer.zero_grad()
+            if A > 1:
+                break
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
+    if accelerator.is_main_process:
+        torch.save(results, args.out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

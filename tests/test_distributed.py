@@ -1,0 +1,272 @@
+"""Real multi-process runs on CPU (gloo): DDP, ZeRO-2, ZeRO-3 (+ CPU offload, slow) through
+`accelerate launch`, compared with one process on the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+from mst5_dist import distributed
+from mst5_dist.model import SentenceEncoder
+
+pytestmark = pytest.mark.distributed
+PROBE = REPO / "tests" / "dist_scripts" / "grad_probe.py"
+TINY = str(REPO / "configs" / "tiny.yaml")
+BACKENDS = {
+    "ddp": "accelerate_cpu_ddp.yaml",
+    "zero2": "accelerate_cpu_zero2.yaml",
+    "zero3": "accelerate_cpu_zero3.yaml",
+    "zero3_offload": "accelerate_cpu_zero3_offload.yaml",
+}
+SENTENCES = ["The cat sleeps on the sofa.", "Кошка спит на диване.", "猫在沙发上睡觉。", "القطة نائمة."]
+
+
+def accelerate_config(backend: str, tmp: Path) -> Path:
+    """The shipped launch config, with the DeepSpeed JSON path made absolute."""
+    text = (REPO / "ds_configs" / BACKENDS[backend]).read_text()
+    path = tmp / f"accelerate_{backend}.yaml"
+    path.write_text(text.replace("ds_configs/", f"{REPO / 'ds_configs'}/"))
+    return path
+
+
+def launch_cmd(backend: str, tmp: Path, *args: str, port: int = 29611) -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    if backend == "ddp":
+        env["ACCELERATE_USE_CPU"] = "true"  # plain DDP on CPU; `--cpu` would start ONE process
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(accelerate_config(backend, tmp)),
+        "--main_process_port",
+        str(port),
+        *args,
+    ]
+    return cmd, env
+
+
+def launch(backend: str, tmp: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd, env = launch_cmd(backend, tmp, *args)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_args(base: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "-m",
+        "mst5_dist.train",
+        "--config",
+        TINY,
+        f"model.name_or_path={base}",
+        f"train.output_dir={out}",
+        "model.dropout=0.0",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        *extra,
+    ]
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ gradient equivalence
+
+
+@pytest.fixture(scope="module")
+def reference_grads(tiny_base, tmp_path_factory):
+    """One process, global batch 8, accumulation 1 and 2."""
+    tmp = tmp_path_factory.mktemp("ref")
+    out = {}
+    for accum in (1, 2):
+        path = tmp / f"ref{accum}.pt"
+        subprocess.run(
+            [sys.executable, str(PROBE), "--base", str(tiny_base), "--out", str(path), "--accum", str(accum)],
+            check=True,
+            capture_output=True,
+        )
+        out[accum] = torch.load(path)
+    return out
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+@pytest.mark.parametrize("backend", ["ddp", "zero2", "zero3"])
+def test_two_ranks_equal_one_process_gradients(backend, accum, reference_grads, tiny_base, tmp_path):
+    """2 ranks x 4 rows == 1 process x 8 rows: same loss, same LoRA gradients (1e-5 relative),
+    with hard negatives on and off, and with gradient accumulation 2."""
+    path = tmp_path / "probe.pt"
+    proc = launch(backend, tmp_path, str(PROBE), "--base", str(tiny_base), "--out", str(path), "--accum", str(accum))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, ref = torch.load(path), reference_grads[accum]
+    assert got.keys() == ref.keys() and len(got) == (2 if accum == 1 else 1)
+    for case in ref:
+        assert got[case]["losses"] == pytest.approx(ref[case]["losses"], rel=1e-5)
+        grads, expect = got[case]["grads"], ref[case]["grads"]
+        assert grads.keys() == expect.keys() and len(expect) > 0
+        for name in expect:
+            assert expect[name].norm() > 0, name
+            rel = ((grads[name] - expect[name]).norm() / expect[name].norm()).item()
+            assert rel < 1e-5, f"{case} {name}: relative error {rel:.2e}"
+
+
+# ------------------------------------------------------------------ training under every backend
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_base, tmp_path_factory):
+    """Six steps of the tiny recipe: 1 process, then 2 ranks under DDP, ZeRO-2 and ZeRO-3."""
+    tmp = tmp_path_factory.mktemp("runs")
+    out = {}
+    single = tmp / "single"
+    subprocess.run(
+        [sys.executable, *train_args(tiny_base, single, "train.max_steps=6")], check=True, capture_output=True
+    )
+    out["single"] = single
+    for backend in ("ddp", "zero2", "zero3"):
+        run = tmp / backend
+        proc = launch(backend, tmp, *train_args(tiny_base, run, "train.max_steps=6"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[backend] = run
+    return out
+
+
+def test_backends_give_the_same_losses(runs):
+    ref = losses(runs["single"])
+    assert len(ref) == 6
+    for backend in ("ddp", "zero2", "zero3"):
+        assert losses(runs[backend]) == pytest.approx(ref, rel=1e-4), backend
+        record = json.loads((runs[backend] / "train_log.jsonl").read_text().splitlines()[0])
+        assert record["world_size"] == 2 and len(record["peak_memory_mb_per_rank"]) == 2
+        assert record["grad_norm"] is not None and record["grad_norm"] > 0
+
+
+def test_saved_adapters_reload_to_the_same_embeddings(runs):
+    """In this (fresh, single) process: every backend's final/ loads and embeds alike; the
+    ZeRO-3 adapter holds real tensors, not the empty (0,) shards of an ungathered save."""
+    embeddings = {}
+    for name, run in runs.items():
+        tensors = load_file(run / "final" / "adapter_model.safetensors")
+        assert tensors and all(t.numel() > 0 for t in tensors.values()), name
+        embeddings[name] = SentenceEncoder.from_pretrained(run / "final").encode(SENTENCES)
+    base = embeddings.pop("single")
+    for name, emb in embeddings.items():
+        assert (emb - base).abs().max().item() < 1e-4, name
+
+
+@pytest.mark.slow
+def test_zero3_cpu_offload_trains_like_zero3(runs, tiny_base, tmp_path):
+    run = tmp_path / "offload"
+    proc = launch("zero3_offload", tmp_path, *train_args(tiny_base, run, "train.max_steps=6"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(run)[:3] == pytest.approx(losses(runs["zero3"])[:3], rel=1e-3)
+
+
+# ------------------------------------------------------------------ resume, signals, dead ranks
+
+
+def _workers(proc: subprocess.Popen) -> dict[int, psutil.Process]:
+    """Rank -> worker process of an `accelerate launch`."""
+    out = {}
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            env = child.environ()
+        except (psutil.Error, OSError):
+            continue
+        if "RANK" in env and "mst5_dist.train" in " ".join(child.cmdline()):
+            out[int(env["RANK"])] = child
+    return out
+
+
+def _wait_for_steps(log: Path, n: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{log} never reached {n} steps")
+
+
+def test_zero3_signal_checkpoint_and_resume_equals_uninterrupted(runs, tiny_base, tmp_path):
+    """SIGUSR1 to rank 0 only: all ranks agree to stop, write one ZeRO-3 checkpoint, exit 75;
+    `--resume latest` continues and ends with the uninterrupted run's adapter."""
+    run = tmp_path / "z3"
+    cmd, env = launch_cmd("zero3", tmp_path, *train_args(tiny_base, run, "train.max_steps=6"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_steps(run / "train_log.jsonl", 2)
+    _workers(proc)[0].send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and "interrupted" in err
+    stopped = len(losses(run))
+    assert 2 <= stopped < 6
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == [f"step-{stopped:08d}"]
+    proc2 = launch("zero3", tmp_path, *train_args(tiny_base, run, "train.max_steps=6"), "--resume", "latest")
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert len(losses(run)) == 6
+    assert losses(run) == pytest.approx(losses(runs["zero3"]), rel=1e-5)
+    a = load_file(run / "final" / "adapter_model.safetensors")
+    b = load_file(runs["zero3"] / "final" / "adapter_model.safetensors")
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-6, k
+
+
+def test_resume_with_another_world_size_under_zero_says_why(runs, tiny_base, tmp_path):
+    """A ZeRO checkpoint of 2 ranks cannot be loaded by 1 process: clear message, exit 2."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(runs["zero2"], run)
+    proc = subprocess.run(
+        [sys.executable, *train_args(tiny_base, run, "train.max_steps=6"), "--resume", "latest"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "written under ZeRO stage 2, now stage 0" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_killed_rank_ends_the_job_and_keeps_the_last_checkpoint(tiny_base, tmp_path):
+    run = tmp_path / "dead"
+    args = train_args(tiny_base, run, "train.epochs=40", "train.save_every=2", "train.keep_checkpoints=1")
+    cmd, env = launch_cmd("zero2", tmp_path, *args)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_steps(run / "train_log.jsonl", 5)
+    _workers(proc)[1].kill()
+    killed = time.time()
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert time.time() - killed < 60  # no hang
+    ckpts = [p for p in (run / "checkpoints").iterdir() if not p.name.endswith(".tmp")]
+    assert len(ckpts) == 1 and (ckpts[0] / "trainer_state.json").is_file()
+    step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]
+    proc2 = launch(
+        "zero2",
+        tmp_path,
+        *train_args(
+            tiny_base,
+            run,
+            "train.epochs=40",
+            f"train.max_steps={step + 2}",
+            "train.save_every=2",
+            "train.keep_checkpoints=1",
+        ),
+        "--resume",
+        "latest",
+    )
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "resumed from" in proc2.stdout + proc2.stderr
+
+
+def test_world_size_mismatch_fails_loudly(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="world size mismatch: launcher WORLD_SIZE=2"):
+        distributed.check_world_size(1)
