@@ -119,6 +119,10 @@ class LossConfig:
     gather_across_ranks: bool = True
     """Use every rank's positives and negatives as candidates (autograd all-gather)."""
 
+    cache_chunk_size: int | None = None
+    """GradCache: encode each step's sequences this many at a time without keeping activations
+    (peak memory ~ one chunk, gradients unchanged); None encodes the batch in one pass."""
+
 
 @dataclass
 class OptimConfig:

@@ -32,6 +32,7 @@ from mst5_dist import distributed
 from mst5_dist.config import Config, ConfigError, load_config, save_config
 from mst5_dist.data import DataError, GlobalBatchSampler, TripletCollator, load_dataset, token_lengths
 from mst5_dist.evaluate.sts import EvalDataError, evaluate_sts, read_stsb_csv
+from mst5_dist.gradcache import chunked_embeddings
 from mst5_dist.lora import apply_lora, count_parameters, enable_gradient_checkpointing
 from mst5_dist.losses import info_nce
 from mst5_dist.model import T5_FAMILY, ModelError, SentenceEncoder
@@ -319,7 +320,12 @@ def verify_adapter(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def compute_loss(model, batch: dict[str, Any], cfg: Config, device) -> torch.Tensor:
-    emb = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    """Anchors, positives and negatives are encoded together (one forward, or GradCache chunks)."""
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    if cfg.loss.cache_chunk_size:
+        emb = chunked_embeddings(model, ids, mask, cfg.loss.cache_chunk_size)
+    else:
+        emb = model(ids, mask)
     n = batch["n"]
     negatives = emb[2 * n : 3 * n] if cfg.loss.hard_negatives else None
     gather = None if cfg.loss.gather_across_ranks else (lambda t: t)

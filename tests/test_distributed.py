@@ -27,6 +27,12 @@ BACKENDS = {
     "zero3": "accelerate_cpu_zero3.yaml",
     "zero3_offload": "accelerate_cpu_zero3_offload.yaml",
 }
+STS_PAIRS = [
+    ("A man plays a guitar.", "A man is playing the guitar.", 4.8),
+    ("A dog runs.", "A cat sleeps.", 0.4),
+    ("Kids swim in a lake.", "Children are swimming.", 4.0),
+    ("It rains.", "The stock market fell.", 0.0),
+]
 SENTENCES = ["The cat sleeps on the sofa.", "Кошка спит на диване.", "猫在沙发上睡觉。", "القطة نائمة."]
 
 
@@ -98,24 +104,54 @@ def reference_grads(tiny_base, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-@pytest.mark.parametrize("backend", ["ddp", "zero2", "zero3"])
-def test_two_ranks_equal_one_process_gradients(backend, accum, reference_grads, tiny_base, tmp_path):
-    """2 ranks x 4 rows == 1 process x 8 rows: same loss, same LoRA gradients (1e-5 relative),
-    with hard negatives on and off, and with gradient accumulation 2."""
-    path = tmp_path / "probe.pt"
-    proc = launch(backend, tmp_path, str(PROBE), "--base", str(tiny_base), "--out", str(path), "--accum", str(accum))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got, ref = torch.load(path), reference_grads[accum]
-    assert got.keys() == ref.keys() and len(got) == (2 if accum == 1 else 1)
-    for case in ref:
-        assert got[case]["losses"] == pytest.approx(ref[case]["losses"], rel=1e-5)
-        grads, expect = got[case]["grads"], ref[case]["grads"]
+def assert_same_gradients(got: dict, ref: dict, chunks: list[int]) -> None:
+    """Every (chunk size, hard negatives) case equals the reference's uncached case."""
+    assert len(got) == len(chunks) * len({k.split(",")[1] for k in ref})
+    for case, result in got.items():
+        expected = ref[f"chunk=0,{case.split(',')[1]}"]
+        assert result["losses"] == pytest.approx(expected["losses"], rel=1e-5), case
+        grads, expect = result["grads"], expected["grads"]
         assert grads.keys() == expect.keys() and len(expect) > 0
         for name in expect:
             assert expect[name].norm() > 0, name
             rel = ((grads[name] - expect[name]).norm() / expect[name].norm()).item()
             assert rel < 1e-5, f"{case} {name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+@pytest.mark.parametrize("backend", ["ddp", "zero2", "zero3"])
+def test_two_ranks_equal_one_process_gradients(backend, accum, reference_grads, tiny_base, tmp_path):
+    """2 ranks x 4 rows == 1 process x 8 rows: same loss, same LoRA gradients (1e-5 relative),
+    with hard negatives on and off, with gradient accumulation 2, and with GradCache chunks of
+    1 and 3 sequences (one engine backward per step)."""
+    path = tmp_path / "probe.pt"
+    proc = launch(
+        backend,
+        tmp_path,
+        str(PROBE),
+        "--base",
+        str(tiny_base),
+        "--out",
+        str(path),
+        "--accum",
+        str(accum),
+        "--chunks",
+        "0,1,3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_gradients(torch.load(path), reference_grads[accum], [0, 1, 3])
+
+
+@pytest.mark.parametrize("chunks", ["1,3,24"])
+def test_gradcache_in_one_process_equals_uncached(chunks, reference_grads, tiny_base, tmp_path):
+    """Chunk sizes 1, 3 and the full batch (8 triplets x 3 = 24 sequences) vs no caching."""
+    path = tmp_path / "probe.pt"
+    subprocess.run(
+        [sys.executable, str(PROBE), "--base", str(tiny_base), "--out", str(path), "--chunks", chunks],
+        check=True,
+        capture_output=True,
+    )
+    assert_same_gradients(torch.load(path), reference_grads[1], [1, 3, 24])
 
 
 # ------------------------------------------------------------------ training under every backend
@@ -136,13 +172,26 @@ def runs(tiny_base, tmp_path_factory):
         proc = launch(backend, tmp, *train_args(tiny_base, run, "train.max_steps=6"))
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[backend] = run
+    # ZeRO-3 again with GradCache chunks of 5 sequences and periodic evaluation on all ranks
+    run = tmp / "zero3_cached"
+    sts = tmp / "sts.csv"
+    sts.write_text("".join(f'"{a}","{b}",{s}\n' for a, b, s in STS_PAIRS))
+    proc = launch(
+        "zero3",
+        tmp,
+        *train_args(
+            tiny_base, run, "train.max_steps=6", "loss.cache_chunk_size=5", f"eval.sts_path={sts}", "eval.every_steps=3"
+        ),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out["zero3_cached"] = run
     return out
 
 
 def test_backends_give_the_same_losses(runs):
     ref = losses(runs["single"])
     assert len(ref) == 6
-    for backend in ("ddp", "zero2", "zero3"):
+    for backend in ("ddp", "zero2", "zero3", "zero3_cached"):
         assert losses(runs[backend]) == pytest.approx(ref, rel=1e-4), backend
         record = json.loads((runs[backend] / "train_log.jsonl").read_text().splitlines()[0])
         assert record["world_size"] == 2 and len(record["peak_memory_mb_per_rank"]) == 2
@@ -157,6 +206,8 @@ def test_saved_adapters_reload_to_the_same_embeddings(runs):
         tensors = load_file(run / "final" / "adapter_model.safetensors")
         assert tensors and all(t.numel() > 0 for t in tensors.values()), name
         embeddings[name] = SentenceEncoder.from_pretrained(run / "final").encode(SENTENCES)
+    evaluated = [json.loads(line) for line in (runs["zero3_cached"] / "train_log.jsonl").read_text().splitlines()]
+    assert ["eval_sts_spearman" in r for r in evaluated] == [False, False, True, False, False, True]
     base = embeddings.pop("single")
     for name, emb in embeddings.items():
         assert (emb - base).abs().max().item() < 1e-4, name

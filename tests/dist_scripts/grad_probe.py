@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--global-batch", type=int, default=8)
+    ap.add_argument("--chunks", default="0", help="comma-separated loss.cache_chunk_size values (0: no GradCache)")
     args = ap.parse_args()
     G, A = args.global_batch, args.accum
     cfg = load_config(
@@ -59,8 +60,9 @@ def main() -> None:
     params = [p for _, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     deepspeed = accelerator.state.deepspeed_plugin is not None
     results = {}
-    for hard in [True, False] if A == 1 else [True]:
-        cfg.loss.hard_negatives = hard
+    cases = [(c, h) for c in map(int, args.chunks.split(",")) for h in ([True, False] if A == 1 else [True])]
+    for chunk, hard in cases:
+        cfg.loss.hard_negatives, cfg.loss.cache_chunk_size = hard, chunk or None
         collator = TripletCollator(encoder.tokenizer, 64, hard)
         losses = []
         for micro in range(A):
@@ -83,11 +85,9 @@ def main() -> None:
             grads = {n: safe_get_full_grad(p).detach().cpu().clone() for n, p in zip(names, params)}
         else:
             grads = {n: p.grad.detach().cpu().clone() for n, p in zip(names, params)}
-        results[f"hard={hard}"] = {"losses": losses, "grads": grads}
+        results[f"chunk={chunk},hard={hard}"] = {"losses": losses, "grads": grads}
         if deepspeed:
-            model.optimizer.zero_grad()
-            if A > 1:
-                break
+            model.step()  # boundary step with lr 0: weights unchanged, gradients cleared, counter advanced
         else:
             optimizer.zero_grad(set_to_none=True)
             for p in params:
