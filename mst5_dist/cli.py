@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="runs/tiny-mt5", help="folder to write")
     p.add_argument("--vocab-size", type=int, default=2000, help="SentencePiece pieces (upper bound)")
     p.set_defaults(func=_build_tiny)
+    from mst5_dist.evaluate.suite import register as register_eval
+
+    register_eval(sub)  # eval, data
+
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,1 +1,2 @@
-"""Evaluation tasks, one module per family (STS now; Tatoeba, BUCC, alignment metrics follow)."""
+"""Evaluation tasks, one module per family: ``embedder`` (PyTorch / ONNX embedders, cache), ``tatoeba``,
+``bucc``, ``sts``, ``alignment`` (language bias, RSIM), ``suite`` (``mst5 eval``), ``download``."""

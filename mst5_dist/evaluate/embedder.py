@@ -1,0 +1,263 @@
+"""One ``Embedder`` protocol for every evaluation task, whatever form the model takes.
+
+- ``TorchEmbedder``: a ``SentenceEncoder`` (checkpoint, LoRA training output, sentence-transformers
+  folder), texts sorted by token length so each batch pads to a similar length, tqdm progress bar.
+- ``load_embedder(path)``: an ONNX export (``path/onnx/model.onnx``) through
+  ``mst5_dist.export.runtime.OnnxEmbedder``, otherwise a ``TorchEmbedder``; a training output
+  directory (with ``final/`` inside) means its ``final/`` model.
+- ``EmbeddingCache`` / ``CachedEmbedder``: ``.npy`` files keyed by the model fingerprint and a hash of
+  the exact texts embedded (so a file, or a subset of it, is embedded once per model), written
+  atomically (temp file + ``os.replace``) so a killed run never leaves a truncated entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+ONNX_MODEL = Path("onnx") / "model.onnx"
+# Files larger than this are fingerprinted by size + head + tail instead of a full read: hashing a
+# 50 GB mt5-xxl checkpoint on every evaluation would cost minutes.
+_FULL_HASH_LIMIT = 64 << 20
+_PARTIAL_CHUNK = 4 << 20
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the tasks need: float32 rows in input order, and a string naming the model exactly."""
+
+    fingerprint: str
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    if size <= _FULL_HASH_LIMIT:
+        return file_sha256(path)
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(_PARTIAL_CHUNK))
+        f.seek(size - _PARTIAL_CHUNK)
+        h.update(f.read(_PARTIAL_CHUNK))
+    return "partial:" + h.hexdigest()
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """sha256 over (relative name, content digest) of every file in a model folder.
+
+    Paths and mtimes are left out on purpose: a copied or moved model keeps its fingerprint, so its
+    cached embeddings stay valid. A hub name (no local folder) is fingerprinted by the name only.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "name:" + hashlib.sha256(str(path).encode()).hexdigest()
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel.startswith(("checkpoints/", "onnx/", ".")) or "/." in rel:
+            continue
+        h.update(rel.encode() + b"\0" + _file_digest(file).encode() + b"\n")
+    return h.hexdigest()
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A training output directory means its ``final/`` model; anything else is taken as is."""
+    path = Path(path)
+    if (path / "final").is_dir() and not (path / "sentence_encoder.json").is_file():
+        return path / "final"
+    return path
+
+
+def _padding_stats(lengths: list[int], batch_size: int) -> tuple[int, int]:
+    real = sum(lengths)
+    padded = sum(
+        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)
+    )
+    return real, padded
+
+
+class TorchEmbedder:
+    """A ``SentenceEncoder`` behind the ``Embedder`` protocol.
+
+    ``sort_by_length=False`` keeps the input order in batches (the naive baseline of
+    ``benchmarks/eval_speed.py``). ``last_stats`` holds real and padded token counts of the last call.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        fingerprint: str,
+        *,
+        device: str | None = None,
+        progress: bool = True,
+        sort_by_length: bool = True,
+    ) -> None:
+        import torch
+
+        self.encoder = encoder
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.encoder.to(self.device)
+        self.encoder.eval()
+        settings = {k: getattr(encoder, k) for k in ("pooling", "normalize", "max_seq_length")}
+        # The settings join the folder hash: the same weights pooled differently are another model.
+        self.fingerprint = hashlib.sha256((fingerprint + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
+        self.progress = progress
+        self.sort_by_length = sort_by_length
+        self.last_stats: dict[str, int] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> TorchEmbedder:
+        from mst5_dist.model import META_FILE, SentenceEncoder
+
+        path = resolve_model_dir(path)
+        encoder = SentenceEncoder.from_pretrained(path)
+        fingerprint = folder_fingerprint(path)
+        meta_file = path / META_FILE
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            # A LoRA adapter folder names its base: the base's bytes are part of the model too.
+            if meta.get("adapter") and meta.get("base_model"):
+                fingerprint = hashlib.sha256(
+                    (fingerprint + folder_fingerprint(meta["base_model"])).encode()
+                ).hexdigest()
+        return cls(encoder, fingerprint, **kwargs)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        enc = self.encoder.tokenizer(list(texts), truncation=True, max_length=self.encoder.max_seq_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        dim = self.encoder.embedding_dim
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        if not texts:
+            return out
+        lengths = self.token_lengths(texts)
+        order = list(range(len(texts)))
+        if self.sort_by_length:
+            # Longest first: the first batch shows at once whether the largest one fits in memory.
+            order.sort(key=lambda i: lengths[i], reverse=True)
+        real, padded = _padding_stats([lengths[i] for i in order], batch_size)
+        self.last_stats = {"real_tokens": real, "padded_tokens": padded}
+        bar = tqdm(total=len(texts), desc="embedding", unit="sent", disable=not self.progress, leave=False)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = self.encoder.tokenize([texts[i] for i in idx])
+                emb = self.encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+                out[idx] = emb.float().cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
+        return out
+
+
+class EmbeddingCache:
+    """``root/<model fingerprint[:16]>/<sha256 of model fingerprint + texts>.npy``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def texts_hash(texts: list[str]) -> str:
+        h = hashlib.sha256(str(len(texts)).encode())
+        for t in texts:
+            # Length-prefixed, so ["a\nb"] and ["a", "b"] hash differently.
+            b = t.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(8, "little") + b)
+        return h.hexdigest()
+
+    def path(self, fingerprint: str, texts: list[str]) -> Path:
+        key = hashlib.sha256((fingerprint + "\0" + self.texts_hash(texts)).encode()).hexdigest()
+        return self.root / fingerprint[:16] / f"{key}.npy"
+
+    def get(self, fingerprint: str, texts: list[str]) -> np.ndarray | None:
+        path = self.path(fingerprint, texts)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        arr = np.load(path)
+        if arr.shape[0] != len(texts):  # cannot happen with the key above; refuse rather than trust
+            self.misses += 1
+            return None
+        self.hits += 1
+        return arr
+
+    def put(self, fingerprint: str, texts: list[str], emb: np.ndarray) -> Path:
+        path = self.path(fingerprint, texts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(emb, dtype=np.float32))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+class CachedEmbedder:
+    """Any ``Embedder`` with an ``EmbeddingCache`` in front."""
+
+    def __init__(self, inner: Embedder, cache: EmbeddingCache) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.fingerprint = inner.fingerprint
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = list(texts)
+        hit = self.cache.get(self.fingerprint, texts)
+        if hit is not None:
+            return hit
+        emb = np.asarray(self.inner.encode(texts, batch_size=batch_size), dtype=np.float32)
+        self.cache.put(self.fingerprint, texts, emb)
+        return emb
+
+
+def load_embedder(
+    path: str | Path,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    onnx_provider: str = "cpu",
+) -> Embedder:
+    """ONNX export if ``path/onnx/model.onnx`` exists, else a PyTorch ``SentenceEncoder``."""
+    path = resolve_model_dir(path)
+    embedder: Embedder
+    if (path / ONNX_MODEL).is_file():
+        from mst5_dist.export.runtime import OnnxEmbedder  # lazy: onnxruntime only when needed
+
+        embedder = OnnxEmbedder(path, provider=onnx_provider)
+    else:
+        embedder = TorchEmbedder.from_pretrained(path, device=device, progress=progress)
+    if cache_dir is not None:
+        embedder = CachedEmbedder(embedder, EmbeddingCache(cache_dir))
+    return embedder
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalised float32 rows (zero rows stay zero), so dot products are cosines."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
