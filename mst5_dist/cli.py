@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     from mst5_dist.evaluate.suite import register as register_eval
 
     register_eval(sub)  # eval, data
+    from mst5_dist.export.cli import register as register_export
 
+    register_export(sub)  # export, embed
+    from mst5_dist.interop import register as register_interop
+
+    register_interop(sub)  # import-adapter
     args = parser.parse_args(argv)
     return args.func(args)
 

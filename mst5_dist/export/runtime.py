@@ -1,0 +1,112 @@
+"""Embedding with an exported encoder through ONNX Runtime (CPU, CUDA or TensorRT provider)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mst5_dist.export.onnx_graph import model_files
+
+REPORT_FILE = "export_report.json"
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class ProviderUnavailable(RuntimeError):
+    """The requested execution provider is not in this onnxruntime build."""
+
+
+def fingerprint(files: list[Path]) -> str:
+    """sha256 over the bytes of the graph and its external data, streamed (content only, so a copy
+    under another name, e.g. Triton's ``1/model.onnx``, has the same fingerprint)."""
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _max_seq_length(export_dir: Path, report: dict) -> int:
+    if "max_seq_length" in report:
+        return int(report["max_seq_length"])
+    st = export_dir / "sentence_bert_config.json"
+    if st.is_file():
+        return int(json.loads(st.read_text())["max_seq_length"])
+    return 128
+
+
+class OnnxEmbedder:
+    """``OnnxEmbedder(export_dir).encode(texts)`` -> float32 (n, dim), L2-normalised, input order.
+
+    ``variant`` picks ``fp32`` / ``fp16`` / ``int8`` among the gated graphs of the export (default:
+    the export's primary variant). ``fingerprint`` is the sha256 of the chosen graph file(s).
+    """
+
+    def __init__(self, export_dir: str | Path, provider: str = "cpu", variant: str | None = None) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.export_dir = Path(export_dir)
+        report_file = self.export_dir / REPORT_FILE
+        if not report_file.is_file():
+            raise FileNotFoundError(f"{self.export_dir}: no {REPORT_FILE} (not a finished `mst5 export` folder)")
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        self.variant = variant or report["primary_variant"]
+        if self.variant not in report["variants"]:
+            raise ValueError(f"{self.export_dir}: no '{self.variant}' variant (has {sorted(report['variants'])})")
+        self.model_path = self.export_dir / report["variants"][self.variant]["file"]
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
+        available = ort.get_available_providers()
+        wanted = PROVIDERS[provider][0]
+        if wanted not in available:
+            raise ProviderUnavailable(
+                f"provider '{provider}' ({wanted}) is not available in this onnxruntime build "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu with CUDA/TensorRT libraries, "
+                "or use --provider cpu"
+            )
+        self.provider = provider
+        self.fingerprint = fingerprint(model_files(self.model_path))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(self.model_path), opts, providers=[p for p in PROVIDERS[provider] if p in available]
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.export_dir))
+        self.max_seq_length = _max_seq_length(self.export_dir, report)
+        self.dim = int(report["embedding_dim"])
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # Length-sorted batches (same order rule as SentenceEncoder.encode): less padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
+            (emb,) = self.session.run(
+                ["sentence_embedding"],
+                {
+                    "input_ids": enc["input_ids"].astype(np.int64),
+                    "attention_mask": enc["attention_mask"].astype(np.int64),
+                },
+            )
+            out[idx] = emb.astype(np.float32)
+        # Already unit length in the graph; re-normalising makes fp16/int8 rows exactly unit too.
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
