@@ -33,6 +33,7 @@ from mst5_dist.config import Config, ConfigError, load_config, save_config
 from mst5_dist.data import DataError, GlobalBatchSampler, TripletCollator, load_dataset, token_lengths
 from mst5_dist.evaluate.sts import EvalDataError, evaluate_sts, read_stsb_csv
 from mst5_dist.gradcache import chunked_embeddings
+from mst5_dist.interop import write_model_card
 from mst5_dist.lora import apply_lora, count_parameters, enable_gradient_checkpointing
 from mst5_dist.losses import info_nce
 from mst5_dist.model import T5_FAMILY, ModelError, SentenceEncoder
@@ -293,6 +294,7 @@ def save_final(accelerator, model, cfg: Config, output_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         encoder.save_pretrained(tmp, state_dict=state)
         save_config(cfg, tmp / "training_config.yaml")
+        write_model_card(tmp, name=output_dir.name)  # replaces peft's placeholder README.md
         if lora_only(cfg):
             verify_adapter(tmp, state)
         shutil.rmtree(final, ignore_errors=True)

@@ -123,23 +123,12 @@ def assert_same_gradients(got: dict, ref: dict, chunks: list[int]) -> None:
 def test_two_ranks_equal_one_process_gradients(backend, accum, reference_grads, tiny_base, tmp_path):
     """2 ranks x 4 rows == 1 process x 8 rows: same loss, same LoRA gradients (1e-5 relative),
     with hard negatives on and off, with gradient accumulation 2, and with GradCache chunks of
-    1 and 3 sequences (one engine backward per step)."""
+    1, 3 and 12 (= whole local batch) sequences (one engine backward per step)."""
     path = tmp_path / "probe.pt"
-    proc = launch(
-        backend,
-        tmp_path,
-        str(PROBE),
-        "--base",
-        str(tiny_base),
-        "--out",
-        str(path),
-        "--accum",
-        str(accum),
-        "--chunks",
-        "0,1,3",
-    )
+    probe = [str(PROBE), "--base", str(tiny_base), "--out", str(path), "--accum", str(accum), "--chunks", "0,1,3,12"]
+    proc = launch(backend, tmp_path, *probe)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_gradients(torch.load(path), reference_grads[accum], [0, 1, 3])
+    assert_same_gradients(torch.load(path), reference_grads[accum], [0, 1, 3, 12])
 
 
 @pytest.mark.parametrize("chunks", ["1,3,24"])
@@ -206,6 +195,9 @@ def test_saved_adapters_reload_to_the_same_embeddings(runs):
         tensors = load_file(run / "final" / "adapter_model.safetensors")
         assert tensors and all(t.numel() > 0 for t in tensors.values()), name
         embeddings[name] = SentenceEncoder.from_pretrained(run / "final").encode(SENTENCES)
+    cached = load_file(runs["zero3_cached"] / "final" / "adapter_model.safetensors")
+    uncached = load_file(runs["zero3"] / "final" / "adapter_model.safetensors")
+    assert max((cached[k] - uncached[k]).abs().max().item() for k in uncached) < 1e-5  # GradCache == plain
     evaluated = [json.loads(line) for line in (runs["zero3_cached"] / "train_log.jsonl").read_text().splitlines()]
     assert ["eval_sts_spearman" in r for r in evaluated] == [False, False, True, False, False, True]
     base = embeddings.pop("single")

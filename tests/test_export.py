@@ -306,3 +306,51 @@ def test_over_2gb_model_uses_external_data(tmp_path):
     shutil.move(str(out), fresh)
     emb = OnnxEmbedder(fresh).encode(TEXTS[:3])
     assert emb.shape == (3, 1024) and np.isfinite(emb).all()
+
+
+def test_eval_numbers_equal_for_checkpoint_and_onnx_export(trained, exported, shared_data, tmp_path):
+    """`mst5 eval` on the training output and on its fp32 ONNX graph: the same numbers (to 1e-4) on
+    real Tatoeba and STS17 subsets."""
+    results = {}
+    for name, model in (("torch", trained), ("onnx", exported)):
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run(
+            mst5_cmd(
+                "eval",
+                "--model",
+                str(model),
+                "--tasks",
+                "tatoeba,sts17",
+                "--data-dir",
+                str(shared_data),
+                "--output",
+                str(out),
+                "--limit",
+                "120",
+                "--tatoeba-langs",
+                "de,ru,zh,ar",
+                "--sts17-tracks",
+                "en-en,ar-en",
+                "--no-progress",
+                "--onnx-variant",
+                "fp32",
+            ),
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads(out.read_text())
+    assert results["onnx"]["model"]["runtime"] != results["torch"]["model"]["runtime"]
+
+    def numbers(obj, prefix=""):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from numbers(v, f"{prefix}.{k}")
+        elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            yield prefix, float(obj)
+
+    torch_numbers = dict(numbers(results["torch"]["results"]))
+    onnx_numbers = dict(numbers(results["onnx"]["results"]))
+    assert torch_numbers.keys() == onnx_numbers.keys() and len(torch_numbers) > 10
+    for key, value in torch_numbers.items():
+        assert abs(value - onnx_numbers[key]) <= 1e-4 * max(1.0, abs(value)), key

@@ -241,14 +241,16 @@ def load_embedder(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     onnx_provider: str = "cpu",
+    onnx_variant: str | None = None,
 ) -> Embedder:
-    """ONNX export if ``path/onnx/model.onnx`` exists, else a PyTorch ``SentenceEncoder``."""
+    """ONNX export if ``path/onnx/model.onnx`` exists (``onnx_variant`` fp32/fp16/int8, default the
+    export's primary one), else a PyTorch ``SentenceEncoder``."""
     path = resolve_model_dir(path)
     embedder: Embedder
     if (path / ONNX_MODEL).is_file():
         from mst5_dist.export.runtime import OnnxEmbedder  # lazy: onnxruntime only when needed
 
-        embedder = OnnxEmbedder(path, provider=onnx_provider)
+        embedder = OnnxEmbedder(path, provider=onnx_provider, variant=onnx_variant)
     else:
         embedder = TorchEmbedder.from_pretrained(path, device=device, progress=progress)
     if cache_dir is not None:

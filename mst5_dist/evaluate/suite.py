@@ -39,6 +39,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
+    p.add_argument("--onnx-variant", default=None, help="ONNX export: fp32, fp16 or int8 (default: its primary one)")
     p.add_argument("--limit", type=int, default=None, help="first N items of every dataset (quick runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--tatoeba-langs", default="all", help="ISO/LASER codes or tatoeba14, tatoeba36, table2, all")
@@ -236,7 +237,13 @@ def parse_tasks(spec: str) -> list[str]:
 def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     tasks = parse_tasks(args.tasks)
     start = time.perf_counter()
-    embedder = load_embedder(args.model, device=args.device, progress=not args.no_progress, cache_dir=args.cache_dir)
+    embedder = load_embedder(
+        args.model,
+        device=args.device,
+        progress=not args.no_progress,
+        cache_dir=args.cache_dir,
+        onnx_variant=args.onnx_variant,
+    )
     suite = Suite(embedder, Path(args.data_dir), args)
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
