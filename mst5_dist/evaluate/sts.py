@@ -230,15 +230,11 @@ def spearman_x100(a: Any, b: Any, gold: list[float]) -> float:
 
 
 def paired_cosine(a: Any, b: Any) -> np.ndarray:
-    """Row-wise cosine, computed in float64 and rounded to 1e-6.
-
-    Embeddings of the same model from PyTorch and from its ONNX export differ by ~1e-7 (float32
-    noise); cosines that close must rank as ties, or Spearman would depend on the runtime.
-    """
+    """Row-wise cosine in float64: float32 rounding turns near-equal cosines into spurious ties."""
     a = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)).astype(np.float64)
     b = (b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)).astype(np.float64)
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return np.round(np.einsum("ij,ij->i", a, b) / norms, 6)
+    return np.einsum("ij,ij->i", a, b) / norms
 
 
 def embed_pairs(embedder: Any, pairs: StsPairs, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
