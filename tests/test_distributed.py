@@ -127,9 +127,8 @@ def test_two_ranks_equal_one_process_gradients(backend, accum, reference_grads, 
     path = tmp_path / "probe.pt"
     probe = [str(PROBE), "--base", str(tiny_base), "--out", str(path), "--accum", str(accum), "--chunks", "0,1,3,12"]
     proc = launch(backend, tmp_path, *probe)
-    assert proc.returncode == 0, "\n".join(
-        l for l in proc.stderr.splitlines() if "Warning" not in l and "return func" not in l
-    )[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if "Warning" not in line and "return func" not in line]
+    assert proc.returncode == 0, "\n".join(errors)[-4000:]
     assert_same_gradients(torch.load(path), reference_grads[accum], [0, 1, 3, 12])
 
 
