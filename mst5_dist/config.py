@@ -95,6 +95,10 @@ class DataConfig:
     skip_bad_rows: bool = False
     """Skip malformed rows (and report how many) instead of failing on the first one."""
 
+    streaming: bool = False
+    """Read ``jsonl`` inputs row by row straight into on-disk Arrow (inputs larger than memory);
+    the default parses in memory first, which also supports the grouping readers."""
+
     max_rows: int | None = None
     """Keep only the first N triplets (quick experiments)."""
 

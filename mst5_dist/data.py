@@ -96,8 +96,13 @@ def _open_existing(path: Path) -> Path:
 
 def read_jsonl(path: Path, skip_bad: bool = False, need_negative: bool = True) -> ReadReport:
     """``{"anchor", "positive", "negative"[, "source_id"]}`` per line."""
-    report, check = ReadReport(), None
-    check = _RowChecker(report, skip_bad)
+    report = ReadReport()
+    report.rows.extend(iter_jsonl(path, _RowChecker(report, skip_bad), need_negative))
+    return report
+
+
+def iter_jsonl(path: Path, check: _RowChecker, need_negative: bool = True) -> Iterator[dict[str, Any]]:
+    """Validated rows of a triplet JSONL file, one at a time (the streaming path uses it as is)."""
     for number, text in _lines(_open_existing(path)):
         try:
             obj = json.loads(text)
@@ -110,8 +115,7 @@ def read_jsonl(path: Path, skip_bad: bool = False, need_negative: bool = True) -
         row = _triplet_row(check, path, number, obj, ("anchor", "positive", "negative"), need_negative)
         if row is not None:
             row["source_id"] = str(obj.get("source_id", f"{path.name}:{number}"))
-            report.rows.append(row)
-    return report
+            yield row
 
 
 def _triplet_row(
@@ -363,19 +367,56 @@ def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True, log=pri
     target = cache_root / _cache_key(cfg, seed, need_negative)
     if (target / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(target))
-    report = read_triplets(cfg, seed, need_negative)
-    if report.skipped:
-        log(f"skipped {report.skipped} bad rows; first: {report.errors[0]}")
-    columns = {c: [r[c] for r in report.rows] for c in COLUMNS}
-    ds = datasets.Dataset.from_dict(columns)
-    # Written to a temporary folder and renamed when complete: an interrupted run leaves no
-    # half-written cache that a later run would trust.
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.streaming:
+        ds = _streamed_dataset(cfg, need_negative, tmp.with_name(tmp.name + "-build"), log)
+    else:
+        report = read_triplets(cfg, seed, need_negative)
+        if report.skipped:
+            log(f"skipped {report.skipped} bad rows; first: {report.errors[0]}")
+        ds = datasets.Dataset.from_dict({c: [r[c] for r in report.rows] for c in COLUMNS})
+    # Written to a temporary folder and renamed when complete: an interrupted run leaves no
+    # half-written cache that a later run would trust.
     ds.save_to_disk(str(tmp))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+    shutil.rmtree(tmp.with_name(tmp.name + "-build"), ignore_errors=True)  # streaming's scratch copy
     return datasets.load_from_disk(str(target))
+
+
+def _streamed_dataset(cfg: DataConfig, need_negative: bool, build_dir: Path, log):
+    """JSONL files row by row into Arrow on disk (``Dataset.from_generator`` writes in batches),
+    so inputs larger than memory are never held as Python objects."""
+    import datasets
+
+    if cfg.format != "jsonl":
+        raise DataError(f"data.streaming supports format jsonl (got {cfg.format}); convert the input to JSONL")
+    report = ReadReport()
+    check = _RowChecker(report, cfg.skip_bad_rows)
+
+    def rows():
+        emitted = 0
+        for raw in cfg.paths:
+            for row in iter_jsonl(resolve_path(raw), check, need_negative):
+                if cfg.max_rows is not None and emitted >= cfg.max_rows:
+                    return
+                emitted += 1
+                yield row
+
+    features = datasets.Features({c: datasets.Value("string") for c in COLUMNS})
+    shutil.rmtree(build_dir, ignore_errors=True)
+    try:
+        ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(build_dir))
+    except datasets.exceptions.DatasetGenerationError as e:
+        # datasets wraps whatever the generator raised; our message names file, line and field
+        cause = e.__cause__
+        raise (cause if isinstance(cause, DataError) else e) from None
+    if report.skipped:
+        log(f"skipped {report.skipped} bad rows; first: {report.errors[0]}")
+    if len(ds) == 0:
+        raise DataError(f"no usable triplets in {cfg.paths} (skipped {report.skipped} bad rows)")
+    return ds
 
 
 def token_lengths(dataset, tokenizer, max_len: int, need_negative: bool) -> list[int]:

@@ -185,3 +185,26 @@ def test_cli_bad_input_fails_cleanly_and_writes_nothing(tmp_path, tiny_base, cas
     assert last.startswith("mst5 train: error:") and str(path) in last
     assert not out.exists()  # no partial output
     assert not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
+
+
+def test_streaming_jsonl_gives_the_same_dataset(tmp_path):
+    """data.streaming=true writes Arrow row by row; same rows as the in-memory path."""
+    from mst5_dist.data import load_dataset
+
+    plain = load_dataset(DataConfig(paths=["builtin:tiny_nli"], cache_dir=str(tmp_path / "a")), seed=0)
+    streamed = load_dataset(
+        DataConfig(paths=["builtin:tiny_nli"], streaming=True, cache_dir=str(tmp_path / "b")), seed=0
+    )
+    assert streamed.to_dict() == plain.to_dict() and len(streamed) == 300
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [next((tmp_path / "a").iterdir()).name]  # no scratch left
+
+
+def test_streaming_bad_row_names_file_line_field(tmp_path):
+    from mst5_dist.data import load_dataset
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"anchor": "a b", "positive": "c d", "negative": "e f"}\n{"anchor": "a", "positive": ""}\n')
+    cfg = DataConfig(paths=[str(path)], streaming=True, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'positive': empty sentence"):
+        load_dataset(cfg, seed=0)
+    assert not list((tmp_path / "cache").rglob("dataset_info.json"))  # nothing a later run would trust
