@@ -27,13 +27,13 @@ import argparse
 import hashlib
 import json
 import pickle
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mst5_dist.atomic import atomic_dir
 from mst5_dist.model import META_FILE, T5_FAMILY, ModelError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -312,9 +312,7 @@ def import_adapter(
 
     base_ref = str(Path(base).resolve()) if Path(base).is_dir() else base
     lora_cfg.base_model_name_or_path = base_ref
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
         tmp.mkdir(parents=True)
         file_tensors = {PEFT_PREFIX + m: t.detach().contiguous() for m, t in sorted(mapped.items())}
         save_file(file_tensors, str(tmp / SAFE_WEIGHTS), metadata={"format": "pt"})
@@ -361,12 +359,6 @@ def import_adapter(
             adapter_license=adapter_license,
             source=str(src),
         )
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from mst5_dist.atomic import atomic_dir
 from mst5_dist.export import gate as gate_mod
 from mst5_dist.export import merge as merge_mod
 from mst5_dist.export.onnx_graph import EmbeddingWrapper, ExportError, export_onnx, model_files
@@ -60,19 +60,11 @@ def export_model(
     out = Path(output)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists (pass --overwrite to replace it)")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    try:
+    with atomic_dir(out) as tmp:
         report = _export_into(src, tmp, dtype, quantize, opset, triton, thresholds or {}, torch)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _log(f"export written to {out} ({report['seconds']} s)")
     return report
 
