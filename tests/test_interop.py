@@ -1,6 +1,8 @@
 """``mst5 import-adapter``: a LoRA adapter in the exact PEFT 0.4.0.dev0 layout of pkshatech/m-ST5
 (pickled ``adapter_model.bin``, keys without adapter name, ``task_type: null``) built on the tiny mT5,
-imported, and checked against LoRA applied by hand; bad keys and unsafe pickles refused; model card."""
+imported, and checked against LoRA applied by hand; bad keys and unsafe pickles refused; model card.
+Outward: mteb 2 runs our PyTorch and ONNX encoders offline on real STS17 pairs and reports our numbers;
+a real MiniLM LoRA run, exported, equals sentence-transformers on the merged checkpoint."""
 
 from __future__ import annotations
 
@@ -243,3 +245,181 @@ def test_card_sentence_transformers_snippet_reproduces_embeddings(tiny_base, tmp
     got = torch.as_tensor(scope["model"].encode(TEXTS, convert_to_numpy=True))
     want = SentenceEncoder.from_pretrained(out).encode(TEXTS)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- mteb 2 (offline) and MiniLM LoRA -> export
+
+# mteb STS17 subset -> our STS17 track. mteb's cross-lingual subsets put English first; our reader puts
+# the track name's first language first (cosine is symmetric, the pairs are the same).
+STS17_SUBSETS = {"en-en": "en-en", "ar-ar": "ar-ar", "en-ar": "ar-en"}
+N_PAIRS = 200
+# mteb scores in 0..1 with cosines from float32 rows (sklearn paired_cosine_distances); ours are x100
+# with float64 cosines (mst5_dist.evaluate.sts.paired_cosine), so near-equal cosines can tie in mteb
+# and not in ours. Gap measured on the tiny model: 0 on en-en and en-ar, 1.3e-3 (x100) on ar-ar, where
+# float32 cosines have 3 ties and float64 ones 1 (Spearman on float32 cosines gives mteb's number to
+# the last digit). 1e-2 x100 is 1e-4 in mteb's own units.
+MTEB_TOLERANCE_X100 = 1e-2
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_base, tmp_path_factory) -> Path:
+    """The tiny mT5 through our export pipeline (fp32 graph, parity-gated)."""
+    from mst5_dist.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("mteb-export") / "tiny-onnx"
+    export_model(tiny_base, out)
+    return out
+
+
+def sts17_task_from_files(pairs: dict, monkeypatch):
+    """mteb's own STS17 task with its dataset injected from our files; loading from the Hub refused."""
+    import mteb
+    from datasets import Dataset, DatasetDict
+
+    task = mteb.get_task("STS17", hf_subsets=list(pairs))
+    task.dataset = {
+        subset: DatasetDict(
+            {"test": Dataset.from_dict({"sentence1": p.first, "sentence2": p.second, "score": p.scores})}
+        )
+        for subset, p in pairs.items()
+    }
+    task.data_loaded = True
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("mteb tried to load STS17 from the Hub")
+
+    monkeypatch.setattr(task, "load_data", no_download)
+    return task
+
+
+def mteb_cosine_spearman_x100(model, pairs: dict, monkeypatch) -> dict[str, float]:
+    import mteb
+
+    task = sts17_task_from_files(pairs, monkeypatch)
+    result = mteb.evaluate(
+        model, task, cache=None, co2_tracker=False, show_progress_bar=False, encode_kwargs={"batch_size": 64}
+    )
+    assert not result.exceptions, result.exceptions
+    (task_result,) = result.task_results
+    rows = {row["hf_subset"]: row for row in task_result.scores["test"]}
+    assert set(rows) == set(pairs)
+    assert all(row["main_score"] == row["cosine_spearman"] for row in rows.values())
+    return {subset: row["cosine_spearman"] * 100 for subset, row in rows.items()}
+
+
+class ReversedRows:
+    """Negative control: the right vectors in the wrong rows."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.fingerprint = inner.fingerprint
+
+    def encode(self, texts, batch_size=64):
+        return self.inner.encode(texts, batch_size=batch_size)[::-1]
+
+
+def test_mteb_sts17_offline_equals_our_sts_torch_and_onnx(tiny_base, tiny_onnx, shared_data, monkeypatch):
+    """mteb 2.26 runs its own STS17 task (dataset injected from ../shared/data, no Hub) on our
+    TorchEmbedder and OnnxEmbedder through ``as_mteb_model``; its cosine Spearman equals
+    ``mst5_dist.evaluate.sts`` on the same 200 pairs per subset, and PyTorch equals ONNX."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from mteb.models import EncoderProtocol
+    from mteb.models.model_meta import ScoringFunction
+
+    from mst5_dist.evaluate.embedder import TorchEmbedder
+    from mst5_dist.evaluate.sts import read_sts17, sts_scores
+    from mst5_dist.export.runtime import OnnxEmbedder
+    from mst5_dist.interop import as_mteb_model
+
+    pairs = {s: read_sts17(shared_data / "sts17", t).head(N_PAIRS) for s, t in STS17_SUBSETS.items()}
+    assert all(len(p) == N_PAIRS for p in pairs.values())
+    embedders = {
+        "torch": TorchEmbedder.from_pretrained(tiny_base, progress=False),
+        "onnx": OnnxEmbedder(tiny_onnx, variant="fp32"),
+    }
+    mteb_numbers, ours = {}, {}
+    for name, emb in embedders.items():
+        model = as_mteb_model(emb)
+        assert isinstance(model, EncoderProtocol)
+        meta = model.mteb_model_meta
+        assert meta.embed_dim == 64 and meta.similarity_fn_name is ScoringFunction.COSINE
+        assert meta.revision == emb.fingerprint[:16] and meta.name.startswith("mst5-dist/")
+        mteb_numbers[name] = mteb_cosine_spearman_x100(model, pairs, monkeypatch)
+        ours[name] = {s: sts_scores(emb, p)["spearman"] for s, p in pairs.items()}
+        for subset in pairs:
+            assert abs(mteb_numbers[name][subset] - ours[name][subset]) <= MTEB_TOLERANCE_X100, (name, subset)
+    for subset in pairs:
+        assert abs(mteb_numbers["torch"][subset] - mteb_numbers["onnx"][subset]) <= MTEB_TOLERANCE_X100, subset
+        assert abs(ours["torch"][subset] - ours["onnx"][subset]) <= 1e-4, subset
+    print(f"mteb vs ours (x100): {mteb_numbers} | {ours}")
+
+    # The comparison can fail: the same vectors in the wrong rows give another mteb number.
+    en = {"en-en": pairs["en-en"]}
+    wrong = mteb_cosine_spearman_x100(as_mteb_model(ReversedRows(embedders["torch"])), en, monkeypatch)
+    assert abs(wrong["en-en"] - ours["torch"]["en-en"]) > 5, wrong
+
+
+def test_minilm_lora_export_equals_sentence_transformers_on_merged_checkpoint(minilm_path, shared_data, tmp_path):
+    """A real LoRA run on the sentence-transformers MiniLM folder, exported: the export's ONNX
+    embeddings equal ``SentenceTransformer(export_dir)`` (the merged checkpoint with modules.json,
+    1_Pooling, 2_Normalize) on real STS-B sentences, and the LoRA really moved them off the base."""
+    from sentence_transformers import SentenceTransformer
+
+    from mst5_dist.evaluate.sts import read_stsb_csv
+    from mst5_dist.export.pipeline import export_model
+    from mst5_dist.export.runtime import OnnxEmbedder
+    from mst5_dist.tiny_default import builtin_path
+
+    english = [line for line in builtin_path("tiny_nli").read_text().splitlines() if '"lang": "en"' in line]
+    data = tmp_path / "en.jsonl"
+    data.write_text("\n".join(english) + "\n")
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        mst5_cmd(
+            "train",
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
+            f"model.name_or_path={minilm_path}",
+            "model.max_seq_length=48",
+            f"data.paths=[{data}]",
+            "lora.preset=qv",
+            "train.batch_size=16",
+            "train.max_steps=6",
+            "optim.lr=5e-3",
+            f"train.output_dir={run}",
+            "train.save_every=null",
+            "train.progress_bar=false",
+        ),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+
+    out = tmp_path / "minilm-lora-onnx"
+    rep = export_model(run, out)
+    assert rep["merge"]["merged"] and rep["merge"]["lora_layers"] == 12 and rep["model_type"] == "bert"
+
+    stsb = read_stsb_csv(shared_data / "stsb-multi-mt" / "stsb-en-test.csv").head(40)
+    texts = list(dict.fromkeys(stsb.first + stsb.second))
+    texts.append(" ".join(stsb.first[:12]))  # a real paragraph past max_seq_length: truncation agrees too
+
+    st = SentenceTransformer(str(out), device="cpu")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Normalize"]
+    assert st.max_seq_length == 48 and len(st.tokenizer(texts[-1])["input_ids"]) > 48
+    want = st.encode(texts, convert_to_numpy=True, normalize_embeddings=False)
+    got = OnnxEmbedder(out).encode(texts)
+    cos = (got * want).sum(1)
+    assert cos.min() >= 0.99999, cos.min()
+
+    # The trained (unmerged LoRA) encoder is what sentence-transformers now loads, merged.
+    ref = SentenceEncoder.from_pretrained(run / "final").encode(texts).numpy()
+    assert (ref * want).sum(1).min() >= 0.99999
+
+    base = SentenceTransformer(str(minilm_path), device="cpu")
+    base.max_seq_length = 48
+    untouched = base.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    moved = (untouched * want).sum(1)
+    assert moved.mean() < 0.99 and moved.min() < 0.95, (moved.mean(), moved.min())
+    print(f"ONNX vs SentenceTransformer(merged) min cos {cos.min():.8f}; base vs LoRA cos mean {moved.mean():.4f}")
