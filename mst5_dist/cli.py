@@ -1,4 +1,4 @@
-"""``mst5`` command line: one subcommand per job (train, build-tiny; eval/export/embed follow)."""
+"""``mst5`` command line: one subcommand per job (train, build-tiny, eval, data, sweep, export, embed, ...)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     from mst5_dist.evaluate.suite import register as register_eval
 
     register_eval(sub)  # eval, data
+    from mst5_dist.evaluate.sweep import register as register_sweep
+
+    register_sweep(sub)  # sweep
     from mst5_dist.export.cli import register as register_export
 
     register_export(sub)  # export, embed
     from mst5_dist.interop import register as register_interop
 
     register_interop(sub)  # import-adapter
+    from mst5_dist.modular import register as register_modular
+
+    register_modular(sub)  # train-modular
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -52,6 +52,11 @@ class ModelConfig:
     attn_implementation: str | None = None
     """Attention kernel passed to transformers (``eager``, ``sdpa``); None keeps the library default."""
 
+    merge_adapters: list[str] = field(default_factory=list)
+    """LoRA adapters (our ``final/`` folders of the same base) merged into the base weights, in
+    order, before this run's own LoRA is added; the saved model records them and reloads the same
+    stack. A modular CLA adapter sits on its language module this way."""
+
 
 @dataclass
 class LoraConfig:
@@ -207,6 +212,49 @@ class EvalConfig:
     batch_size: int = 64
     """Sentences per forward pass when embedding for evaluation."""
 
+    keep_best: bool = False
+    """Write the model as ``OUTPUT_DIR/best/`` (same content as ``final/``, plus ``best.json`` with
+    step, metric and value) whenever an evaluation improves ``best_metric``; needs ``sts_path``."""
+
+    best_metric: Literal["sts_spearman"] = "sts_spearman"
+    """Metric ``keep_best`` follows (higher is better); it is logged as ``eval_<name>``."""
+
+
+@dataclass
+class ModularConfig:
+    languages: list[str] = field(default_factory=list)
+    """``mst5 train-modular``: languages that get a language module (stage 1); each one except
+    the pivot also gets a cross-lingual alignment (CLA) adapter on top of it (stage 2)."""
+
+    pivot_language: str = "en"
+    """The language whose embedding space the CLA adapters map into (frozen during stage 2)."""
+
+    stsb_dir: str = "../shared/data/stsb-multi-mt"
+    """Folder of line-aligned ``stsb-{lang}-train.csv`` translations: stage 1 takes each language's
+    paraphrase pairs, stage 2 its sentences paired with their pivot-language translations."""
+
+    min_score: float = 4.0
+    """Stage 1: an STS-B train pair is a positive (paraphrase) pair when its gold score is at least this."""
+
+    parallel_max_rows: int | None = None
+    """Stage 2: keep at most this many parallel pairs per language (None: all)."""
+
+    language_overrides: list[str] = field(default_factory=list)
+    """``section.key=value`` overrides applied to every stage-1 run (e.g. ``optim.lr=1e-4``)."""
+
+    cla_overrides: list[str] = field(default_factory=list)
+    """``section.key=value`` overrides applied to every stage-2 (CLA) run."""
+
+    stage: Literal["none", "language", "cla"] = "none"
+    """Set by ``train-modular`` in each run's config: ``cla`` makes the trainer score this run's
+    sentences against frozen pivot-language embeddings instead of encoding both sides itself."""
+
+    language: str = ""
+    """Set by ``train-modular``: the language this run specialises or aligns."""
+
+    pivot_model: str = ""
+    """Stage ``cla``: the pivot language's module (a ``final/`` folder) that embeds the other side."""
+
 
 @dataclass
 class Config:
@@ -230,6 +278,9 @@ class Config:
 
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation during training."""
+
+    modular: ModularConfig = field(default_factory=ModularConfig)
+    """Modular encoders: language modules and cross-lingual alignment adapters (``train-modular``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +402,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return _build(Config, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A new config: ``cfg`` with ``section.key=value`` overrides applied (``cfg`` is unchanged)."""
+    raw = to_dict(cfg)
+    for item in overrides:
+        (section, key), value = _parse_override(item)
+        if section not in raw:
+            raise ConfigError(f"override {item!r}: unknown section '{section}'")
+        raw[section][key] = value
+    return _build(Config, raw, "")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

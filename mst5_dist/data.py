@@ -18,6 +18,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import random
 import shutil
 from collections.abc import Iterator
@@ -367,7 +368,8 @@ def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True, log=pri
     target = cache_root / _cache_key(cfg, seed, need_negative)
     if (target / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(target))
-    tmp = target.with_name(target.name + ".tmp")
+    # One scratch folder per process: every rank of a launch may build the same cache at once.
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.streaming:
         ds = _streamed_dataset(cfg, need_negative, tmp.with_name(tmp.name + "-build"), log)
@@ -379,8 +381,13 @@ def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True, log=pri
     # Written to a temporary folder and renamed when complete: an interrupted run leaves no
     # half-written cache that a later run would trust.
     ds.save_to_disk(str(tmp))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    del ds  # release the scratch copy's memory map before moving or deleting it
+    if not (target / "dataset_info.json").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another rank renamed its identical copy first: use that one
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(tmp.with_name(tmp.name + "-build"), ignore_errors=True)  # streaming's scratch copy
     return datasets.load_from_disk(str(target))
 

@@ -17,6 +17,17 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def is_main_env_rank() -> bool:
+    """Rank 0 as the launcher set it (RANK), usable before and after a process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def shutdown() -> None:
+    """Destroy the process group if one exists (the end of a multi-run process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 

@@ -10,6 +10,7 @@ base referenced by name/path) or the full weights (full fine-tuning).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,37 @@ def load_backbone(
         hf_logging.set_verbosity(level)
 
 
+def same_model(a: str, b: str) -> bool:
+    """Two references to one model: equal hub names, or local paths to the same folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def merge_adapter_stack(backbone: nn.Module, adapters: list[str], base: str) -> nn.Module:
+    """Merge each LoRA adapter folder into the weights, in order (W + B1 A1 + B2 A2 + ...)."""
+    if not adapters:
+        return backbone
+    from peft import PeftModel
+
+    for folder in adapters:
+        meta_file = Path(folder) / META_FILE
+        if not meta_file.is_file() or not _read_json(meta_file).get("adapter"):
+            raise ModelError(f"{folder}: not a LoRA adapter folder written by mst5 (merge_adapters takes those)")
+        other = _read_json(meta_file)
+        if other.get("merged_adapters"):
+            raise ModelError(
+                f"{folder}: is itself trained on merged adapters; stacks deeper than one are not supported"
+            )
+        if not same_model(str(other.get("base_model")), str(base)):
+            raise ModelError(
+                f"{folder}: adapter of base {other.get('base_model')!r}, but this model's base is {base!r}"
+            )
+        backbone = PeftModel.from_pretrained(backbone, folder).merge_and_unload()
+    return backbone
+
+
 class SentenceEncoder(nn.Module):
     """Encoder + pooling. ``forward(input_ids, attention_mask)`` returns (batch, dim) float32."""
 
@@ -124,6 +156,7 @@ class SentenceEncoder(nn.Module):
         max_seq_length: int = 128,
         base_model: str | None = None,
         tokenizer_use_fast: bool = True,
+        merged_adapters: list[str] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
@@ -135,6 +168,7 @@ class SentenceEncoder(nn.Module):
         self.max_seq_length = max_seq_length
         self.base_model = base_model
         self.tokenizer_use_fast = tokenizer_use_fast
+        self.merged_adapters = [str(Path(p).resolve()) for p in merged_adapters or []]
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -150,10 +184,13 @@ class SentenceEncoder(nn.Module):
         attn_implementation: str | None = None,
         dropout: float | None = None,
         is_trainable: bool = False,
+        merge_adapters: list[str] | None = None,
     ) -> SentenceEncoder:
         """Load one of our saved encoders, a sentence-transformers folder, or any HF encoder.
 
         Explicit arguments override what the folder records; ``pooling="auto"`` keeps it.
+        ``merge_adapters`` (our LoRA ``final/`` folders of the same base) are merged into the base
+        weights first, in order; a saved model that was trained on such a stack reloads it.
         """
         from transformers import AutoTokenizer
 
@@ -170,17 +207,21 @@ class SentenceEncoder(nn.Module):
             settings["max_seq_length"] = max_seq_length
         use_fast = meta.get("tokenizer_use_fast", True) if tokenizer_use_fast is None else tokenizer_use_fast
 
+        # Stored relative to the folder, so a modular output directory can be moved as a whole.
+        stack = [str((path / p).resolve()) for p in meta.get("merged_adapters", [])] + list(merge_adapters or [])
         if meta.get("adapter"):
             from peft import PeftModel
 
             base = meta["base_model"]
             backbone = load_backbone(base, dtype=dtype, attn_implementation=attn_implementation, dropout=dropout)
+            backbone = merge_adapter_stack(backbone, stack, base)
             backbone = PeftModel.from_pretrained(backbone, str(path), is_trainable=is_trainable)
         else:
             base = meta.get("base_model") or str(name_or_path)
             backbone = load_backbone(
                 str(name_or_path), dtype=dtype, attn_implementation=attn_implementation, dropout=dropout
             )
+            backbone = merge_adapter_stack(backbone, stack, base)
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), use_fast=use_fast)
         return cls(
             backbone,
@@ -190,6 +231,7 @@ class SentenceEncoder(nn.Module):
             max_seq_length=int(settings["max_seq_length"]),
             base_model=base,
             tokenizer_use_fast=use_fast,
+            merged_adapters=stack,
         )
 
     # ---------------------------------------------------------------- compute
@@ -236,8 +278,8 @@ class SentenceEncoder(nn.Module):
         return self.backbone.config.model_type
 
     # ---------------------------------------------------------------- saving
-    def meta(self) -> dict[str, Any]:
-        return {
+    def meta(self, folder: Path | None = None) -> dict[str, Any]:
+        out = {
             "format_version": 1,
             "base_model": self.base_model,
             "model_type": self.model_type,
@@ -248,6 +290,10 @@ class SentenceEncoder(nn.Module):
             "tokenizer_use_fast": self.tokenizer_use_fast,
             "embedding_dim": self.embedding_dim,
         }
+        if self.merged_adapters:
+            where = (folder or Path.cwd()).resolve()
+            out["merged_adapters"] = [os.path.relpath(p, where) for p in self.merged_adapters]
+        return out
 
     @property
     def has_adapter(self) -> bool:
@@ -264,4 +310,4 @@ class SentenceEncoder(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(str(path), state_dict=state_dict)
         self.tokenizer.save_pretrained(str(path))
-        (path / META_FILE).write_text(json.dumps(self.meta(), indent=2) + "\n", encoding="utf-8")
+        (path / META_FILE).write_text(json.dumps(self.meta(path), indent=2) + "\n", encoding="utf-8")

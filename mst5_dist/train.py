@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mst5_dist import distributed
+from mst5_dist import distributed, modular
 from mst5_dist.config import Config, ConfigError, load_config, save_config
 from mst5_dist.data import DataError, GlobalBatchSampler, TripletCollator, load_dataset, token_lengths
 from mst5_dist.evaluate.sts import EvalDataError, evaluate_sts, read_stsb_csv
@@ -112,6 +112,7 @@ def build_encoder(cfg: Config) -> SentenceEncoder:
         tokenizer_use_fast=m.tokenizer_use_fast,
         attn_implementation=m.attn_implementation,
         dropout=m.dropout,
+        merge_adapters=m.merge_adapters,
     )
     if encoder.model_type in T5_FAMILY and cfg.train.mixed_precision == "fp16":
         raise ModelError("train.mixed_precision=fp16 is refused for T5-family models (they overflow fp16); use bf16")
@@ -123,8 +124,10 @@ def build_encoder(cfg: Config) -> SentenceEncoder:
     return encoder
 
 
-def build_data(cfg: Config, encoder: SentenceEncoder, world_size: int, rank: int, log):
+def build_data(cfg: Config, encoder: SentenceEncoder, world_size: int, rank: int, log, device="cpu"):
     need_neg = cfg.loss.hard_negatives
+    if cfg.modular.stage == "cla":
+        modular.check_cla_config(cfg)
     dataset = load_dataset(cfg.data, cfg.train.seed, need_negative=need_neg, log=log)
     lengths = (
         token_lengths(dataset, encoder.tokenizer, encoder.max_seq_length, need_neg)
@@ -140,7 +143,11 @@ def build_data(cfg: Config, encoder: SentenceEncoder, world_size: int, rank: int
         lengths=lengths,
         bucket_batches=cfg.data.bucket_batches,
     )
-    collator = TripletCollator(encoder.tokenizer, encoder.max_seq_length, need_neg)
+    if cfg.modular.stage == "cla":  # the other side of each pair: frozen pivot-language vectors
+        table = modular.build_pivot_table(cfg, dataset, device, log)
+        collator = modular.PivotCollator(encoder.tokenizer, encoder.max_seq_length, table, cfg.train.seed)
+    else:
+        collator = TripletCollator(encoder.tokenizer, encoder.max_seq_length, need_neg)
     return dataset, sampler, collator
 
 
@@ -275,14 +282,18 @@ def load_checkpoint(accelerator, cfg: Config, path: Path) -> TrainState:
     return TrainState(**meta)
 
 
-def save_final(accelerator, model, cfg: Config, output_dir: Path) -> Path:
-    """The finished encoder as ``final/`` (adapter + tokenizer + pooling), written atomically.
+def save_final(
+    accelerator, model, cfg: Config, output_dir: Path, name: str = "final", extra: dict[str, Any] | None = None
+) -> Path:
+    """The encoder as ``OUTPUT_DIR/<name>/`` (adapter + tokenizer + pooling), written atomically
+    (``<name>.tmp`` renamed when complete); ``extra`` maps file names to JSON written inside it.
+    ``final/`` at the end of training, ``best/`` (with ``best.json``) for ``eval.keep_best``.
 
-    Under ZeRO-3 the trainable tensors are gathered from all ranks first, and the written
-    adapter is read back and compared, so an empty-tensor adapter can never be shipped.
+    Call it on ALL ranks: under ZeRO-3 the trainable tensors are gathered from all ranks first. The
+    written adapter is read back and compared, so an empty-tensor adapter can never be shipped.
     """
-    final = output_dir / "final"
-    tmp = output_dir / "final.tmp"
+    final = output_dir / name
+    tmp = output_dir / f"{name}.tmp"
     encoder: SentenceEncoder = accelerator.unwrap_model(model)
     if lora_only(cfg):
         state = distributed.full_trainable_state_dict(accelerator, encoder.backbone)
@@ -295,6 +306,8 @@ def save_final(accelerator, model, cfg: Config, output_dir: Path) -> Path:
         encoder.save_pretrained(tmp, state_dict=state)
         save_config(cfg, tmp / "training_config.yaml")
         write_model_card(tmp, name=output_dir.name)  # replaces peft's placeholder README.md
+        for file_name, content in (extra or {}).items():
+            (tmp / file_name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         if lora_only(cfg):
             verify_adapter(tmp, state)
         shutil.rmtree(final, ignore_errors=True)
@@ -329,8 +342,11 @@ def compute_loss(model, batch: dict[str, Any], cfg: Config, device) -> torch.Ten
     else:
         emb = model(ids, mask)
     n = batch["n"]
-    negatives = emb[2 * n : 3 * n] if cfg.loss.hard_negatives else None
     gather = None if cfg.loss.gather_across_ranks else (lambda t: t)
+    if "pivot" in batch:  # modular CLA stage: one side of every pair is a frozen pivot vector
+        anchors, positives = modular.cla_pairs(emb, batch["pivot"].to(device), batch["flip"].to(device))
+        return info_nce(anchors, positives, None, temperature=cfg.loss.temperature, gather=gather)
+    negatives = emb[2 * n : 3 * n] if cfg.loss.hard_negatives else None
     return info_nce(emb[:n], emb[n : 2 * n], negatives, temperature=cfg.loss.temperature, gather=gather)
 
 
@@ -351,8 +367,12 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def train(cfg: Config, resume: str | None = None) -> Path:
-    """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``Interrupted`` after a signal."""
+def train(cfg: Config, resume: str | None = None, *, keep_process_group: bool = False) -> Path:
+    """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``Interrupted`` after a signal.
+
+    ``keep_process_group``: more runs follow in this process (``train-modular``'s stages), so the
+    process group outlives this run; the caller ends it with ``distributed.shutdown()``.
+    """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -367,7 +387,7 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     trainable, total = count_parameters(encoder)
     log(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / max(total, 1):.3f}%)")
     world, rank = accelerator.num_processes, accelerator.process_index
-    dataset, sampler, collator = build_data(cfg, encoder, world, rank, log)
+    dataset, sampler, collator = build_data(cfg, encoder, world, rank, log, accelerator.device)
     # The source-id rule can leave a different number of batches in each epoch's order.
     accum = cfg.train.grad_accum_steps
     epoch_batches = [len(sampler.global_batches(e)) // accum * accum for e in range(cfg.train.epochs)]
@@ -384,6 +404,8 @@ def train(cfg: Config, resume: str | None = None) -> Path:
         f"({sampler.dropped} rows left out), {world} process(es), {total_steps} optimizer steps"
     )
     eval_pairs = read_stsb_csv(cfg.eval.sts_path) if cfg.eval.sts_path else None
+    if cfg.eval.keep_best and eval_pairs is None:
+        raise ConfigError("eval.keep_best=true needs eval.sts_path (the evaluation whose best model it keeps)")
     optimizer, scheduler = build_optimizer(cfg, encoder, total_steps)
     configure_deepspeed(accelerator, cfg, sampler.local_batch, encoder.embedding_dim)
     model, optimizer = accelerator.prepare(encoder, optimizer)
@@ -400,6 +422,7 @@ def train(cfg: Config, resume: str | None = None) -> Path:
         else:
             state = load_checkpoint(accelerator, cfg, ckpt)
             log(f"resumed from {ckpt} at step {state.step}")
+    best_value = previous_best(output_dir, cfg, state.step)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -469,6 +492,8 @@ def train(cfg: Config, resume: str | None = None) -> Path:
             if eval_pairs is not None and ((every and state.step % every == 0) or state.step == total_steps):
                 record["eval_sts_spearman"] = run_eval(accelerator, model, eval_pairs, cfg)
                 log(f"step {state.step}: STS Spearman x100 = {record['eval_sts_spearman']:.2f}")
+                if cfg.eval.keep_best:
+                    best_value = save_if_best(accelerator, model, cfg, output_dir, record, best_value)
             if accelerator.is_main_process and state.step % cfg.train.log_every == 0:
                 with log_file.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -493,7 +518,11 @@ def train(cfg: Config, resume: str | None = None) -> Path:
 
     # ---- cleanup
     accelerator.wait_for_everyone()  # one DDP run aborted at exit without this barrier
-    accelerator.end_training()
+    if keep_process_group:
+        for tracker in accelerator.trackers:
+            tracker.finish()
+    else:
+        accelerator.end_training()  # also destroys the process group
     return final
 
 
@@ -502,6 +531,37 @@ def run_eval(accelerator, model, pairs, cfg: Config) -> float:
     score = evaluate_sts(encoder, pairs, cfg.eval.batch_size)
     encoder.train()
     return score
+
+
+BEST_DIR, BEST_FILE = "best", "best.json"
+
+
+def previous_best(output_dir: Path, cfg: Config, step: int) -> float:
+    """The value ``eval.keep_best`` must beat: on resume, the one in ``best/best.json``; else -inf."""
+    path = output_dir / BEST_DIR / BEST_FILE
+    if not cfg.eval.keep_best or step == 0 or not path.is_file():
+        return -math.inf
+    info = json.loads(path.read_text(encoding="utf-8"))
+    return float(info["value"]) if info.get("metric") == cfg.eval.best_metric else -math.inf
+
+
+def save_if_best(accelerator, model, cfg: Config, output_dir: Path, record: dict[str, Any], best: float) -> float:
+    """Write ``best/`` (all ranks, like ``final/``) when this evaluation beats ``best``; return the new best.
+
+    Every rank decides on the main process's score, so all of them enter the (collective) save or none.
+    """
+    from accelerate.utils import broadcast
+
+    metric = cfg.eval.best_metric
+    value = torch.tensor([record[f"eval_{metric}"]], dtype=torch.float64, device=accelerator.device)
+    value = float(broadcast(value, from_process=0).item())
+    if not value > best:  # higher is better; NaN never improves
+        return best
+    info = {"step": record["step"], "metric": metric, "log_key": f"eval_{metric}", "value": value}
+    save_final(accelerator, model, cfg, output_dir, name=BEST_DIR, extra={BEST_FILE: info})
+    record["saved_best"] = True
+    accelerator.print(f"step {record['step']}: new best {metric} = {value:.4f}, model in {output_dir / BEST_DIR}")
+    return value
 
 
 def clip_gradients(accelerator, model, cfg: Config) -> float | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mst5_dist.evaluate.embedder import encode_routed
 from mst5_dist.evaluate.sts import EvalDataError
 from mst5_dist.evaluate.tatoeba import knn
 
@@ -200,8 +201,8 @@ def evaluate_bucc(
         data = subsample(data, limit)
     src_uniq, _ = _unique(data.src_ids, data.src_texts)
     trg_uniq, _ = _unique(data.trg_ids, data.trg_texts)
-    x = np.asarray(embedder.encode(src_uniq, batch_size=batch_size))
-    y = np.asarray(embedder.encode(trg_uniq, batch_size=batch_size))
+    x = encode_routed(embedder, src_uniq, batch_size, lang, cross_lingual=True)
+    y = encode_routed(embedder, trg_uniq, batch_size, "en", cross_lingual=True)
     cands = candidates_by_id(data, x, y, k)
     tuned = threshold is None
     thr = best_threshold(cands, data.gold) if tuned else float(threshold)

@@ -223,15 +223,26 @@ class CachedEmbedder:
         self.inner = inner
         self.cache = cache
         self.fingerprint = inner.fingerprint
+        self.routes_by_language = getattr(inner, "routes_by_language", False)
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, **route: Any) -> np.ndarray:
         texts = list(texts)
-        hit = self.cache.get(self.fingerprint, texts)
+        # A modular model embeds the same text differently per language and routing.
+        key = self.fingerprint + (json.dumps(route, sort_keys=True) if route else "")
+        hit = self.cache.get(key, texts)
         if hit is not None:
             return hit
-        emb = np.asarray(self.inner.encode(texts, batch_size=batch_size), dtype=np.float32)
-        self.cache.put(self.fingerprint, texts, emb)
+        emb = np.asarray(self.inner.encode(texts, batch_size=batch_size, **route), dtype=np.float32)
+        self.cache.put(key, texts, emb)
         return emb
+
+
+def encode_routed(embedder: Any, texts: list[str], batch_size: int, lang: str, cross_lingual: bool) -> np.ndarray:
+    """``encode`` that tells a modular (language-routed) embedder the texts' language and whether
+    they are compared across languages; every other embedder gets the plain call."""
+    if getattr(embedder, "routes_by_language", False):
+        return np.asarray(embedder.encode(texts, batch_size=batch_size, lang=lang, cross_lingual=cross_lingual))
+    return np.asarray(embedder.encode(texts, batch_size=batch_size))
 
 
 def load_embedder(
@@ -242,17 +253,25 @@ def load_embedder(
     cache_dir: str | Path | None = None,
     onnx_provider: str = "cpu",
     onnx_variant: str | None = None,
+    modular_routing: str = "auto",
 ) -> Embedder:
     """ONNX export if ``path/onnx/model.onnx`` exists (``onnx_variant`` fp32/fp16/int8, default the
-    export's primary one), else a PyTorch ``SentenceEncoder``."""
-    path = resolve_model_dir(path)
+    export's primary one), a modular model (``modular.json``) or modular export (``manifest.json``)
+    routed by language, else a PyTorch ``SentenceEncoder``."""
+    from mst5_dist import modular
+
     embedder: Embedder
-    if (path / ONNX_MODEL).is_file():
+    if (Path(path) / modular.MANIFEST).is_file():
+        embedder = modular.ModularEmbedder(path, routing=modular_routing, device=device)
+    elif modular.is_modular_export(path):
+        embedder = modular.OnnxModularEmbedder(path, provider=onnx_provider, variant=onnx_variant)
+    elif (resolve_model_dir(path) / ONNX_MODEL).is_file():
+        path = resolve_model_dir(path)
         from mst5_dist.export.runtime import OnnxEmbedder  # lazy: onnxruntime only when needed
 
         embedder = OnnxEmbedder(path, provider=onnx_provider, variant=onnx_variant)
     else:
-        embedder = TorchEmbedder.from_pretrained(path, device=device, progress=progress)
+        embedder = TorchEmbedder.from_pretrained(resolve_model_dir(path), device=device, progress=progress)
     if cache_dir is not None:
         embedder = CachedEmbedder(embedder, EmbeddingCache(cache_dir))
     return embedder

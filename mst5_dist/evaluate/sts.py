@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mst5_dist.evaluate.embedder import encode_routed
+
 
 class EvalDataError(ValueError):
     """A malformed evaluation file; the message names file and line."""
@@ -238,12 +240,25 @@ def paired_cosine(a: Any, b: Any) -> np.ndarray:
 
 
 def embed_pairs(embedder: Any, pairs: StsPairs, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of both columns; each distinct sentence is embedded once."""
-    uniq = list(dict.fromkeys(pairs.first + pairs.second))
-    emb = embedder.encode(uniq, batch_size=batch_size)
+    """Embeddings of both columns; each distinct sentence is embedded once (per language, for a
+    modular model: monolingual data goes through the language module, cross-lingual through CLA)."""
+    if getattr(embedder, "routes_by_language", False) and pairs.lang1 != pairs.lang2:
+        a = _embed_unique(embedder, pairs.first, batch_size, pairs.lang1, True)
+        b = _embed_unique(embedder, pairs.second, batch_size, pairs.lang2, True)
+        return a, b
+    emb = _embed_unique(embedder, pairs.first + pairs.second, batch_size, pairs.lang1, False)
+    return emb[: len(pairs.first)], emb[len(pairs.first) :]
+
+
+def _embed_unique(embedder: Any, texts: list[str], batch_size: int, lang: str, cross: bool) -> np.ndarray:
+    uniq = list(dict.fromkeys(texts))
+    if getattr(embedder, "routes_by_language", False):
+        emb = encode_routed(embedder, uniq, batch_size, lang, cross)
+    else:
+        emb = embedder.encode(uniq, batch_size=batch_size)
     emb = emb.numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
     row = {t: i for i, t in enumerate(uniq)}
-    return emb[[row[t] for t in pairs.first]], emb[[row[t] for t in pairs.second]]
+    return emb[[row[t] for t in texts]]
 
 
 def sts_scores(embedder: Any, pairs: StsPairs, batch_size: int = 64) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
-from mst5_dist.evaluate.embedder import CachedEmbedder, file_sha256, load_embedder
+from mst5_dist.evaluate.embedder import CachedEmbedder, encode_routed, file_sha256, load_embedder
 
 TASKS = ["tatoeba", "bucc", "sts17", "stsb", "xstsb", "jsts", "korsts", "sick", "langbias", "rsim"]
 DEFAULT_TASKS = "tatoeba,bucc,sts17,stsb"
@@ -40,6 +40,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
     p.add_argument("--onnx-variant", default=None, help="ONNX export: fp32, fp16 or int8 (default: its primary one)")
+    p.add_argument(
+        "--modular-routing",
+        choices=["auto", "mono", "cross"],
+        default="auto",
+        help="modular model: auto = language module alone on monolingual data, plus CLA on cross-lingual",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N items of every dataset (quick runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--tatoeba-langs", default="all", help="ISO/LASER codes or tatoeba14, tatoeba36, table2, all")
@@ -159,8 +165,8 @@ class Suite:
         for lang in tatoeba.expand_languages(self.args.rsim_langs):
             src, eng = tatoeba.read_tatoeba(d, lang)
             src, eng = src[: self.args.limit], eng[: self.args.limit]
-            x = self.embedder.encode(src, batch_size=self.args.batch_size)
-            y = self.embedder.encode(eng, batch_size=self.args.batch_size)
+            x = encode_routed(self.embedder, src, self.args.batch_size, lang, cross_lingual=True)
+            y = encode_routed(self.embedder, eng, self.args.batch_size, "en", cross_lingual=True)
             per[lang] = alignment.rsim(np.asarray(x), np.asarray(y))
             self.files.update(str(p) for p in tatoeba.tatoeba_files(d, lang))
         return {"languages": per, "mean": float(np.mean(list(per.values()))), "corpus": "tatoeba"}
@@ -243,6 +249,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.no_progress,
         cache_dir=args.cache_dir,
         onnx_variant=args.onnx_variant,
+        modular_routing=args.modular_routing,
     )
     suite = Suite(embedder, Path(args.data_dir), args)
     results: dict[str, Any] = {}

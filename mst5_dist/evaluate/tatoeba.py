@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mst5_dist.evaluate.embedder import unit_rows
+from mst5_dist.evaluate.embedder import encode_routed, unit_rows
 from mst5_dist.evaluate.sts import EvalDataError
 
 ISO_TO_LASER: dict[str, str] = {
@@ -160,8 +160,8 @@ def evaluate_tatoeba(
     for lang in langs:
         src, eng = read_tatoeba(data_dir, lang)
         src, eng = src[:limit], eng[:limit]
-        x = np.asarray(embedder.encode(src, batch_size=batch_size))
-        y = np.asarray(embedder.encode(eng, batch_size=batch_size))
+        x = encode_routed(embedder, src, batch_size, lang, cross_lingual=True)
+        y = encode_routed(embedder, eng, batch_size, "en", cross_lingual=True)
         row = {"laser": laser_code(lang), "n": len(src)}
         row["xx2en"] = top1_accuracy(x, y) * 100
         row["en2xx"] = top1_accuracy(y, x) * 100

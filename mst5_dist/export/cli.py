@@ -21,6 +21,11 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--triton", action="store_true", help="also write a Triton model repository under OUTPUT/triton")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument(
+        "--monolingual",
+        action="store_true",
+        help="modular model: also export each language module without its CLA adapter (under mono/)",
+    )
 
 
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,24 +36,27 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=["fp32", "fp16", "int8"], default=None, help="default: the export's primary")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
+    p.add_argument("--lang", default=None, help="modular export: the texts' language code (routes by manifest.json)")
+    p.add_argument(
+        "--monolingual", action="store_true", help="modular export: use the language module without CLA (mono/)"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from mst5_dist import modular
     from mst5_dist.export.gate import GateFailed
     from mst5_dist.export.onnx_graph import ExportError
     from mst5_dist.export.pipeline import export_model
     from mst5_dist.model import ModelError
 
+    kwargs = dict(dtype=args.dtype, quantize=args.quantize, opset=args.opset, triton=args.triton)
     try:
-        export_model(
-            args.model,
-            args.output,
-            dtype=args.dtype,
-            quantize=args.quantize,
-            opset=args.opset,
-            triton=args.triton,
-            overwrite=args.overwrite,
-        )
+        if (Path(args.model) / modular.MANIFEST).is_file():
+            modular.export_modular(
+                args.model, args.output, monolingual=args.monolingual, overwrite=args.overwrite, **kwargs
+            )
+        else:
+            export_model(args.model, args.output, overwrite=args.overwrite, **kwargs)
     except GateFailed as e:
         print(json.dumps(e.report, indent=2, default=str), file=sys.stderr)
         print(f"mst5 export: {e} (nothing written to {args.output})", file=sys.stderr)
@@ -86,15 +94,33 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
 def run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from mst5_dist import modular
     from mst5_dist.export.runtime import OnnxEmbedder, ProviderUnavailable
+    from mst5_dist.model import ModelError
 
     try:
         texts = read_texts(Path(args.input), args.field)
+        if modular.is_modular_export(args.model):
+            routed = modular.OnnxModularEmbedder(args.model, provider=args.provider, variant=args.variant)
+            if args.lang is None:
+                raise ValueError(
+                    f"{args.model} is a modular export: pass --lang (one of {', '.join(routed.languages)})"
+                )
+            if args.monolingual and f"mono:{args.lang}" not in routed.sessions:
+                raise ValueError(f"{args.model}: no monolingual graph for '{args.lang}' (export with --monolingual)")
+            emb = routed.encode(texts, args.batch_size, lang=args.lang, cross_lingual=not args.monolingual)
+            np.save(args.output, emb)
+            print(
+                f"{len(texts)} embeddings ({emb.shape[1]} dims, {args.lang} module, {args.provider}) -> {args.output}"
+            )
+            return 0
+        if args.lang is not None:
+            raise ValueError(f"--lang {args.lang}: {args.model} is not a modular export (no modular manifest.json)")
         embedder = OnnxEmbedder(args.model, provider=args.provider, variant=args.variant)
     except ProviderUnavailable as e:
         print(f"mst5 embed: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except (FileNotFoundError, ValueError, OSError, ModelError) as e:
         print(f"mst5 embed: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     emb = embedder.encode(texts, batch_size=args.batch_size)
