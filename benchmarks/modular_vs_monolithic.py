@@ -86,6 +86,7 @@ def main() -> None:
          f"train.max_steps={a.steps}", f"modular.languages=[{','.join(langs)}]",
          f"modular.stsb_dir={data_dir / 'stsb-multi-mt'}")  # fmt: skip
     t_mod = time.perf_counter() - t0
+    # One epoch of the union holds more batches than this many steps, so max_steps is the budget.
     stage_steps = sum(  # the last logged step of every stage run
         json.loads(log.read_text().splitlines()[-1])["step"] for log in (out / "modular").glob("*/*/train_log.jsonl")
     )
@@ -93,8 +94,7 @@ def main() -> None:
     data_files = sorted(str(f) for f in (out / "modular" / "data").glob("*.jsonl"))
     t0 = time.perf_counter()
     mst5("train", "--config", "configs/modular-tiny.yaml", *common, f"train.output_dir={out / 'monolithic'}",
-         f"train.max_steps={stage_steps}", f"data.paths={json.dumps(data_files)}", "loss.hard_negatives=false",
-         "train.epochs=100")  # fmt: skip
+         f"train.max_steps={stage_steps}", f"data.paths={json.dumps(data_files)}", "loss.hard_negatives=false")  # fmt: skip
     t_mono = time.perf_counter() - t0
 
     results = {
