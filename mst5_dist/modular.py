@@ -327,8 +327,12 @@ class ModularEmbedder:
             raise ValueError(f"routing {routing!r}: use auto, mono or cross")
         self.model = ModularEncoder.from_pretrained(path, device=device)
         self.routing = routing
-        base = folder_fingerprint(self.model.encoder.base_model)
-        self.fingerprint = hashlib.sha256(f"{folder_fingerprint(path)}:{base}:modular".encode()).hexdigest()
+        # The modules' own folders and the base, not the whole run folder (checkpoints, logs and
+        # results.json files there must not change the cache key).
+        parts = [f"base={folder_fingerprint(self.model.encoder.base_model)}"]
+        for lang, entry in sorted(read_manifest(path)["languages"].items()):
+            parts += [f"{stage}:{lang}={folder_fingerprint(Path(path) / rel)}" for stage, rel in sorted(entry.items())]
+        self.fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def encode(
         self, texts: list[str], batch_size: int = 64, *, lang: str | None = None, cross_lingual: bool = False

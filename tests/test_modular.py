@@ -119,6 +119,27 @@ def test_plan_and_config_errors(tmp_path):
     assert stage.loss.hard_negatives is False and stage.train.output_dir == str(tmp_path / "cla" / "de")
 
 
+def test_embedding_cache_keys_routed_rows_by_language_and_routing(tmp_path):
+    from mst5_dist.evaluate.embedder import CachedEmbedder, EmbeddingCache, encode_routed
+
+    class Routed:  # a language-routed embedder whose output shows which route served the rows
+        routes_by_language, fingerprint, calls = True, "routed", 0
+
+        def encode(self, texts, batch_size=64, *, lang=None, cross_lingual=False):
+            self.calls += 1
+            value = {"de": 1.0, "ru": 2.0}[lang] + (10.0 if cross_lingual else 0.0)
+            return np.full((len(texts), 2), value, dtype=np.float32)
+
+    inner = Routed()
+    cached = CachedEmbedder(inner, EmbeddingCache(tmp_path))
+    got = [
+        encode_routed(cached, ["x"], 8, lang, cross)[0, 0]
+        for lang, cross in [("de", False), ("de", True), ("ru", False)]
+    ]
+    assert got == [1.0, 11.0, 2.0] and inner.calls == 3
+    assert encode_routed(cached, ["x"], 8, "de", True)[0, 0] == 11.0 and inner.calls == 3  # served from the cache
+
+
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match=r"no modular\.json"):
         modular.ModularEncoder.from_pretrained(tmp_path)
