@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-# google/mt5-* configs: d_model, d_ff, heads, d_kv, layers; vocabulary 250,112 for all.
-MT5 = {
-    "mt5-small": (512, 1024, 6, 64, 8),
-    "mt5-base": (768, 2048, 12, 64, 12),
-    "mt5-large": (1024, 2816, 16, 64, 24),
-    "mt5-xl": (2048, 5120, 32, 64, 24),
-    "mt5-xxl": (4096, 10240, 64, 64, 24),
-}
+from mst5_dist.evaluate.sweep import MT5_SIZES
+
+# google/mt5-* configs (one table, in mst5_dist.evaluate.sweep): d_model, d_ff, heads, d_kv, layers.
+MT5 = {f"mt5-{size}": (d, ff, heads, 64, layers) for size, (d, ff, layers, heads) in MT5_SIZES.items()}
 VOCAB = 250_112
 GB = 1024**3
 

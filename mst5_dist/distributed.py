@@ -32,10 +32,6 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
 class _AllGatherWithGrad(torch.autograd.Function):
     """all_gather whose backward hands each rank the gradient of ITS slice summed over all ranks.
 
@@ -110,11 +106,6 @@ def check_world_size(num_processes: int) -> None:
             f"accelerate num_processes={num_processes}. On CPU the process group must use gloo; "
             "launch with one of the configs in ds_configs/."
         )
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def zero_stage(accelerator) -> int:

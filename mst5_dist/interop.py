@@ -26,7 +26,6 @@ only verification loads the real weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pickle
 import sys
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from mst5_dist.atomic import atomic_dir
+from mst5_dist.evaluate.embedder import file_sha256
 from mst5_dist.model import META_FILE, T5_FAMILY, ModelError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -255,14 +255,6 @@ def match_keys(
 # ---------------------------------------------------------------- import
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_adapter(
     src: str | Path,
     base: str,
@@ -343,7 +335,7 @@ def import_adapter(
             "source": str(src),
             "source_dir": str(src_dir),
             "source_weights": weights_file.name,
-            "source_sha256": _sha256(weights_file),
+            "source_sha256": file_sha256(weights_file),
             "source_config": cfg,
             "base_model": base_ref,
             **match,

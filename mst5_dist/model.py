@@ -128,9 +128,9 @@ def merge_adapter_stack(backbone: nn.Module, adapters: list[str], base: str) -> 
 
     for folder in adapters:
         meta_file = Path(folder) / META_FILE
-        if not meta_file.is_file() or not _read_json(meta_file).get("adapter"):
+        other = _read_json(meta_file) if meta_file.is_file() else {}
+        if not other.get("adapter"):
             raise ModelError(f"{folder}: not a LoRA adapter folder written by mst5 (merge_adapters takes those)")
-        other = _read_json(meta_file)
         if other.get("merged_adapters"):
             raise ModelError(
                 f"{folder}: is itself trained on merged adapters; stacks deeper than one are not supported"

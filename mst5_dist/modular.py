@@ -125,8 +125,8 @@ def check_cla_config(cfg: Config) -> None:
 @torch.no_grad()
 def build_pivot_table(cfg: Config, dataset, device, log) -> PivotTable:
     """Embed the pivot side once with the frozen pivot module (eval mode: no dropout). Every rank
-    computes the same table, so no communication is needed; the module is freed before training."""
-    check_cla_config(cfg)
+    computes the same table, so no communication is needed; the module is freed before training.
+    The caller has run ``check_cla_config``."""
     texts = list(dict.fromkeys(dataset["positive"]))
     pivot = SentenceEncoder.from_pretrained(cfg.modular.pivot_model, dtype=cfg.model.dtype).to(device)
     if not same_model(str(pivot.base_model), cfg.model.name_or_path):
@@ -217,6 +217,25 @@ def write_manifest(out: Path, cfg: Config) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ routing
 
 
+def group_by_language(
+    texts: list[str], lang: str | list[str], known: list[str], owner: str
+) -> list[tuple[str, list[int], list[str]]]:
+    """(code, row indices, texts) per language in first-seen order; every code is checked first,
+    so an unknown one fails before any row is embedded."""
+    texts = list(texts)
+    langs = [lang] * len(texts) if isinstance(lang, str) else list(lang)
+    if len(langs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(langs)} language codes")
+    for code in dict.fromkeys(langs):
+        if code not in known:
+            raise ModelError(f"unknown language '{code}' ({owner} has: {', '.join(known)})")
+    groups = []
+    for code in dict.fromkeys(langs):
+        idx = [i for i, c in enumerate(langs) if c == code]
+        groups.append((code, idx, [texts[i] for i in idx]))
+    return groups
+
+
 class ModularEncoder:
     """One shared base with every language's LoRA (and CLA LoRA) loaded as named peft adapters.
 
@@ -225,8 +244,9 @@ class ModularEncoder:
     by language internally and returning rows in input order.
     """
 
-    def __init__(self, encoder: SentenceEncoder, modules: dict[str, list[str]], pivot: str, path: Path) -> None:
-        self.encoder, self.modules, self.pivot, self.path = encoder, modules, pivot, path
+    def __init__(self, encoder: SentenceEncoder, modules: dict[str, list[str]], manifest: dict, path: Path) -> None:
+        self.encoder, self.modules, self.manifest, self.path = encoder, modules, manifest, path
+        self.pivot = manifest["pivot_language"]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: str = "fp32", device: str | None = None) -> ModularEncoder:
@@ -279,7 +299,7 @@ class ModularEncoder:
         ).eval()
         if device:
             encoder.to(device)
-        return cls(encoder, modules, pivot, path)
+        return cls(encoder, modules, manifest, path)
 
     @property
     def languages(self) -> list[str]:
@@ -299,17 +319,10 @@ class ModularEncoder:
     def encode(
         self, texts: list[str], lang: str | list[str], *, cross_lingual: bool = True, batch_size: int = 64
     ) -> torch.Tensor:
-        texts = list(texts)
-        langs = [lang] * len(texts) if isinstance(lang, str) else list(lang)
-        if len(langs) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(langs)} language codes")
-        for code in dict.fromkeys(langs):
-            self.check_language(code)
         out = torch.zeros(len(texts), self.encoder.embedding_dim)
-        for code in dict.fromkeys(langs):
-            idx = [i for i, c in enumerate(langs) if c == code]
+        for code, idx, group in group_by_language(texts, lang, self.languages, "this modular model"):
             self.activate(code, cross_lingual)
-            out[idx] = self.encoder.encode([texts[i] for i in idx], batch_size=batch_size).float()
+            out[idx] = self.encoder.encode(group, batch_size=batch_size).float()
         return out
 
 
@@ -330,7 +343,7 @@ class ModularEmbedder:
         # The modules' own folders and the base, not the whole run folder (checkpoints, logs and
         # results.json files there must not change the cache key).
         parts = [f"base={folder_fingerprint(self.model.encoder.base_model)}"]
-        for lang, entry in sorted(read_manifest(path)["languages"].items()):
+        for lang, entry in sorted(self.model.manifest["languages"].items()):
             parts += [f"{stage}:{lang}={folder_fingerprint(Path(path) / rel)}" for stage, rel in sorted(entry.items())]
         self.fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -418,19 +431,11 @@ class OnnxModularEmbedder:
             raise ModelError(
                 f"{self.path}: a modular export needs the texts' language (has: {', '.join(self.languages)})"
             )
-        texts = list(texts)
-        langs = [lang] * len(texts) if isinstance(lang, str) else list(lang)
-        out: np.ndarray | None = None
-        for code in dict.fromkeys(langs):
-            if code not in self.manifest["languages"]:
-                raise ModelError(f"unknown language '{code}' (this export has: {', '.join(self.languages)})")
+        out = np.zeros((len(texts), next(iter(self.sessions.values())).dim), dtype=np.float32)
+        for code, idx, group in group_by_language(texts, lang, self.languages, "this export"):
             kind = "cross" if cross_lingual or f"mono:{code}" not in self.sessions else "mono"
-            idx = [i for i, c in enumerate(langs) if c == code]
-            emb = self.sessions[f"{kind}:{code}"].encode([texts[i] for i in idx], batch_size=batch_size)
-            if out is None:
-                out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
-            out[idx] = emb
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+            out[idx] = self.sessions[f"{kind}:{code}"].encode(group, batch_size=batch_size)
+        return out
 
 
 # ------------------------------------------------------------------------------------ orchestration
@@ -439,7 +444,7 @@ class OnnxModularEmbedder:
 def stage_config(cfg: Config, out: Path, stage: str, lang: str) -> Config:
     """The config of one stage run: the user's config, this stage's data/output, then overrides."""
     m = cfg.modular
-    data = out / "data" / f"{'language' if stage == 'language' else 'parallel'}-{lang}.jsonl"
+    data = stage_data_path(out, stage, lang)
     common = [
         "data.format=jsonl",
         f"data.paths=[{json.dumps(str(data))}]",
@@ -469,13 +474,18 @@ def plan(cfg: Config) -> list[tuple[str, str]]:
     return stage1 + [("cla", lang) for lang in m.languages if lang != m.pivot_language]
 
 
-def prepare_data(cfg: Config, out: Path, stage: str, lang: str) -> Path:
+def stage_data_path(out: Path, stage: str, lang: str) -> Path:
+    return out / "data" / f"{'language' if stage == 'language' else 'parallel'}-{lang}.jsonl"
+
+
+def prepare_data(cfg: Config, out: Path, stage: str, lang: str) -> tuple[Path, int]:
+    """Write the stage's rows where ``stage_config`` points the trainer; (path, row count)."""
     m = cfg.modular
     if stage == "language":
         rows = language_rows(m.stsb_dir, lang, m.min_score)
-        return write_jsonl(out / "data" / f"language-{lang}.jsonl", rows)
-    rows = parallel_rows(m.stsb_dir, lang, m.pivot_language, m.parallel_max_rows)
-    return write_jsonl(out / "data" / f"parallel-{lang}.jsonl", rows)
+    else:
+        rows = parallel_rows(m.stsb_dir, lang, m.pivot_language, m.parallel_max_rows)
+    return write_jsonl(stage_data_path(out, stage, lang), rows), len(rows)
 
 
 def _log_main(msg: str) -> None:
@@ -505,8 +515,8 @@ def train_modular(cfg: Config, *, stages: list[str] | None = None, resume: bool 
             raise ConfigError(
                 f"stage cla {lang}: the pivot module {run_cfg.modular.pivot_model} is missing (run stage language first)"
             )
-        data = prepare_data(cfg, out, stage, lang)
-        log(f"[modular] {stage} {lang}: {sum(1 for _ in data.open(encoding='utf-8'))} rows from {data}")
+        data, n_rows = prepare_data(cfg, out, stage, lang)
+        log(f"[modular] {stage} {lang}: {n_rows} rows from {data}")
         # One process group for all stages: Accelerate cannot bring one back once destroyed.
         train(run_cfg, resume="latest" if resume else None, keep_process_group=True)
         if distributed.is_main_env_rank():

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mst5_dist import distributed, modular
+from mst5_dist.atomic import atomic_dir
 from mst5_dist.config import Config, ConfigError, load_config, save_config
 from mst5_dist.data import DataError, GlobalBatchSampler, TripletCollator, load_dataset, token_lengths
 from mst5_dist.evaluate.sts import EvalDataError, evaluate_sts, read_stsb_csv
@@ -293,7 +294,6 @@ def save_final(
     written adapter is read back and compared, so an empty-tensor adapter can never be shipped.
     """
     final = output_dir / name
-    tmp = output_dir / f"{name}.tmp"
     encoder: SentenceEncoder = accelerator.unwrap_model(model)
     if lora_only(cfg):
         state = distributed.full_trainable_state_dict(accelerator, encoder.backbone)
@@ -302,16 +302,14 @@ def save_final(
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        encoder.save_pretrained(tmp, state_dict=state)
-        save_config(cfg, tmp / "training_config.yaml")
-        write_model_card(tmp, name=output_dir.name)  # replaces peft's placeholder README.md
-        for file_name, content in (extra or {}).items():
-            (tmp / file_name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-        if lora_only(cfg):
-            verify_adapter(tmp, state)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with atomic_dir(final) as tmp:
+            encoder.save_pretrained(tmp, state_dict=state)
+            save_config(cfg, tmp / "training_config.yaml")
+            write_model_card(tmp, name=output_dir.name)  # replaces peft's placeholder README.md
+            for file_name, content in (extra or {}).items():
+                (tmp / file_name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+            if lora_only(cfg):
+                verify_adapter(tmp, state)
     accelerator.wait_for_everyone()
     return final
 
@@ -390,7 +388,11 @@ def train(cfg: Config, resume: str | None = None, *, keep_process_group: bool = 
     dataset, sampler, collator = build_data(cfg, encoder, world, rank, log, accelerator.device)
     # The source-id rule can leave a different number of batches in each epoch's order.
     accum = cfg.train.grad_accum_steps
-    epoch_batches = [len(sampler.global_batches(e)) // accum * accum for e in range(cfg.train.epochs)]
+    epoch_batches = [0] * cfg.train.epochs
+    # Last epoch first: the sampler caches one epoch, so epoch 0 (where the loop starts) is not
+    # built twice, and `sampler.dropped` below is epoch 0's.
+    for e in reversed(range(cfg.train.epochs)):
+        epoch_batches[e] = len(sampler.global_batches(e)) // accum * accum
     if epoch_batches[0] == 0:
         raise DataError(
             f"{len(dataset)} triplets give no full step of {cfg.train.batch_size} x {accum} "

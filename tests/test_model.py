@@ -105,13 +105,15 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_base):
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        enc = SentenceEncoder.from_pretrained(tiny_base)
+        enc = SentenceEncoder.from_pretrained(tiny_base, dropout=0.0)
         for p in enc.parameters():
             p.requires_grad_(False)
         apply_lora(enc, LoraConfig(preset="all-linear", dropout=0.0))
         if checkpointing:
             enable_gradient_checkpointing(enc)
-        enc.eval()  # no dropout: both passes compute the same function
+        # Train mode (transformers only checkpoints while training) with dropout 0, so both
+        # passes compute the same function and the second one really recomputes in backward.
+        enc.train()
         batch = enc.tokenize(MULTILINGUAL)
         enc(batch["input_ids"], batch["attention_mask"]).pow(2).sum().backward()
         grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.requires_grad and "lora_B" in n})

@@ -220,5 +220,6 @@ def evaluate_bucc(
         "n_source": len(data.src_ids),
         "n_target": len(data.trg_ids),
         "protocol": {"margin": "ratio", "k": k, "retrieval": "max", "one_to_one": "greedy", "limit": limit},
+        "_files": data.files,  # for the report's data fingerprints; dropped before results.json
     }
     return out

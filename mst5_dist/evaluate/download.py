@@ -11,7 +11,6 @@ files to put where instead.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -20,20 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mst5_dist.evaluate.embedder import file_sha256
+
 DEFAULT_DEST = Path(os.environ.get("MST5_EVAL_DATA", Path.home() / ".cache" / "mst5" / "eval-data"))
 
 
 def manifest() -> list[dict[str, Any]]:
     text = (resources.files("mst5_dist") / "resources" / "eval_data.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(names: list[str], dest: Path, timeout: float = 30.0) -> int:
@@ -51,7 +44,7 @@ def download(names: list[str], dest: Path, timeout: float = 30.0) -> int:
     fetched = skipped = 0
     for i, e in enumerate(todo):
         target = dest / e["dest"]
-        if target.is_file() and _sha256(target) == e["sha256"]:
+        if target.is_file() and file_sha256(target) == e["sha256"]:
             skipped += 1
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +65,7 @@ def download(names: list[str], dest: Path, timeout: float = 30.0) -> int:
                 file=sys.stderr,
             )
             return 1
-        digest = _sha256(part)
+        digest = file_sha256(part)
         if digest != e["sha256"]:
             part.unlink()
             print(f"mst5 data download: {e['url']}: sha256 {digest} != expected {e['sha256']}", file=sys.stderr)

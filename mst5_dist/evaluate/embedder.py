@@ -78,7 +78,9 @@ def folder_fingerprint(path: str | Path) -> str:
 def resolve_model_dir(path: str | Path) -> Path:
     """A training output directory means its ``final/`` model; anything else is taken as is."""
     path = Path(path)
-    if (path / "final").is_dir() and not (path / "sentence_encoder.json").is_file():
+    if (path / "final").is_dir() and not (
+        path / "sentence_encoder.json"
+    ).is_file():  # model.META_FILE (no torch import here)
         return path / "final"
     return path
 

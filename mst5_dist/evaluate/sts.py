@@ -252,11 +252,7 @@ def embed_pairs(embedder: Any, pairs: StsPairs, batch_size: int = 64) -> tuple[n
 
 def _embed_unique(embedder: Any, texts: list[str], batch_size: int, lang: str, cross: bool) -> np.ndarray:
     uniq = list(dict.fromkeys(texts))
-    if getattr(embedder, "routes_by_language", False):
-        emb = encode_routed(embedder, uniq, batch_size, lang, cross)
-    else:
-        emb = embedder.encode(uniq, batch_size=batch_size)
-    emb = emb.numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
+    emb = encode_routed(embedder, uniq, batch_size, lang, cross)  # the plain call for unrouted embedders
     row = {t: i for i, t in enumerate(uniq)}
     return emb[[row[t] for t in texts]]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mst5_dist.atomic import atomic_write_text
 from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
 from mst5_dist.evaluate.embedder import CachedEmbedder, encode_routed, file_sha256, load_embedder
 
@@ -79,6 +79,7 @@ class Suite:
         self.data = data_dir
         self.args = args
         self.files: set[str] = set()
+        self._xstsb: dict[str, Any] | None = None
 
     def _dir(self, name: str) -> Path:
         path = self.data / name
@@ -115,14 +116,14 @@ class Suite:
                 self.embedder, d, lang, a.bucc_split, batch_size=a.batch_size, threshold=thr,
                 threshold_source=source, limit=a.limit,
             )  # fmt: skip
-            self.files.update(bucc.read_bucc(d, lang, a.bucc_split).files)
+            self.files.update(res["_files"])
             out[lang] = res
         return out
 
     def _sts(self, pairs: sts.StsPairs) -> dict[str, Any]:
         pairs = pairs.head(self.args.limit)
         self.files.update(pairs.files)
-        return sts.sts_scores(self.embedder, pairs, self.args.batch_size)
+        return {**sts.sts_scores(self.embedder, pairs, self.args.batch_size), "_gold": pairs.scores}
 
     def sts17(self) -> dict[str, Any]:
         d = self._dir("sts17")
@@ -136,9 +137,11 @@ class Suite:
         return [lang for lang in self.args.stsb_langs.split(",") if lang]
 
     def xstsb(self) -> dict[str, Any]:
-        d, split = self._dir("stsb-multi-mt"), self.args.stsb_split
-        others = [lang for lang in self._stsb_langs() if lang != "en"]
-        return {f"en-{lang}": self._sts(sts.crosslingual_stsb(d, "en", lang, split)) for lang in others}
+        if self._xstsb is None:  # langbias reuses these (embedded once per evaluation)
+            d, split = self._dir("stsb-multi-mt"), self.args.stsb_split
+            others = [lang for lang in self._stsb_langs() if lang != "en"]
+            self._xstsb = {f"en-{lang}": self._sts(sts.crosslingual_stsb(d, "en", lang, split)) for lang in others}
+        return self._xstsb
 
     def jsts(self) -> dict[str, Any]:
         return {"ja": self._sts(sts.read_jsts(self._dir("jsts") / f"{self.args.jsts_split}-v1.3.json"))}
@@ -151,12 +154,7 @@ class Suite:
 
     def langbias(self) -> dict[str, Any]:
         """Bias over the cross-lingual STS-B datasets en-xx (one per language in --stsb-langs)."""
-        per = self.xstsb()
-        datasets = {}
-        for name, res in per.items():
-            lang = name.split("-")[1]
-            gold = sts.crosslingual_stsb(self.data / "stsb-multi-mt", "en", lang, self.args.stsb_split)
-            datasets[name] = (res["cosine"], np.asarray(gold.head(self.args.limit).scores))
+        datasets = {name: (res["cosine"], np.asarray(res["_gold"])) for name, res in self.xstsb().items()}
         return {**alignment.language_bias(datasets), "datasets": sorted(datasets)}
 
     def rsim(self) -> dict[str, Any]:
@@ -288,9 +286,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         report["cache"] = {"dir": str(args.cache_dir), "hits": embedder.cache.hits, "misses": embedder.cache.misses}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(tables)
     print(f"\nresults written to {out}")
     return report

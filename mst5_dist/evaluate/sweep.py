@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mst5_dist.atomic import atomic_write_text
 from mst5_dist.config import Config, ConfigError, load_config
 
 TRAIN_LOG_METRICS = ("eval_sts_spearman",)
@@ -310,12 +311,6 @@ def markdown_table(sweep: dict[str, Any]) -> str:
     return f"Sweep over {axis} (rows sorted by {axis})\n\n" + "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def plot(sweep: dict[str, Any], path: Path) -> None:
     """``sweep.png``: score vs x on a log axis, one line per series; written as ``.tmp`` then renamed."""
     try:
@@ -399,8 +394,8 @@ def run_sweep(
         "series": sweep["series"],
         "markdown": table,
     }
-    _atomic_write(out / "sweep.md", table + "\n")
-    _atomic_write(out / "sweep.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "sweep.md", table + "\n")
+    atomic_write_text(out / "sweep.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     plot(sweep, out / "sweep.png")
     print(table)
     print(f"\nsweep written to {out}/sweep.{{md,json,png}}")

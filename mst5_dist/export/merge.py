@@ -22,10 +22,10 @@ T5_MAX_POSITIONS = 512  # T5 has relative positions (no hard limit); 512 is its 
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A training output (a run dir holding ``final/``) or a ``final/``-style dir itself."""
-    path = Path(path)
-    if (path / "final").is_dir() and not (path / META_FILE).is_file():
-        path = path / "final"
+    """A training output (a run dir holding ``final/``) or a ``final/``-style dir itself, checked."""
+    from mst5_dist.evaluate.embedder import resolve_model_dir as final_dir
+
+    path = final_dir(path)
     if not path.is_dir():
         raise ModelError(f"{path}: no such model folder")
     if not any((path / f).is_file() for f in (META_FILE, "config.json", "adapter_config.json")):
