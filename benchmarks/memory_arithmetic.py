@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from mst5_dist.evaluate.sweep import MT5_SIZES
+from mst5_dist.families import MT5_SIZES
 
 # google/mt5-* configs (one table, in mst5_dist.evaluate.sweep): d_model, d_ff, heads, d_kv, layers.
 MT5 = {f"mt5-{size}": (d, ff, heads, 64, layers) for size, (d, ff, layers, heads) in MT5_SIZES.items()}

@@ -116,12 +116,12 @@ def write_triplets(kind: str, path: Path) -> int:
     return len(rows)
 
 
-# ``--clock cpu``: our trainer times each step with ``time.perf_counter()`` in mst5_dist/train.py;
+# ``--clock cpu``: our trainer times each step with ``time.perf_counter()`` in mst5_dist/training/recipe.py;
 # this launcher swaps that module's ``time`` for a copy whose perf_counter is ``time.process_time``
 # (CPU seconds of all the process's threads), so step_time_s becomes CPU seconds per step.
 CPU_CLOCK_LAUNCHER = """
 import sys, time, types
-import mst5_dist.train as train_module
+import mst5_dist.training.recipe as train_module
 from mst5_dist import cli
 calls = [0]
 def cpu_clock():

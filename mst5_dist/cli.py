@@ -1,4 +1,8 @@
-"""``mst5`` command line: one subcommand per job (train, build-tiny, eval, data, sweep, export, embed, ...)."""
+"""``mst5`` command line: one subcommand per job (train, build-tiny, eval, data, sweep, export, embed,
+import-adapter, train-modular). Every subcommand takes ``--log-level`` and ``--log-all-ranks``;
+library modules log through ``logging``, commands print their own output (tables, paths) to stdout,
+and every failure goes through ``errors.run_command`` (one line on stderr, the documented exit code).
+"""
 
 from __future__ import annotations
 
@@ -6,44 +10,67 @@ import argparse
 import os
 import sys
 
+from mst5_dist import logs
+from mst5_dist.commands import AddArguments, Run, add_command
+from mst5_dist.errors import run_command
+
 
 def _build_tiny(args: argparse.Namespace) -> int:
-    from mst5_dist.tiny_default import build_tiny_mt5
+    def job() -> None:
+        from mst5_dist.tiny_default import build_tiny_mt5
 
-    path = build_tiny_mt5(args.output, vocab_size=args.vocab_size)
-    print(f"tiny mT5 + tokenizer written to {path}")
-    return 0
+        path = build_tiny_mt5(args.output, vocab_size=args.vocab_size)
+        print(f"tiny mT5 + tokenizer written to {path}")
+
+    return run_command("mst5 build-tiny", job)
+
+
+def _build_tiny_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="runs/tiny-mt5", help="folder to write")
+    p.add_argument("--vocab-size", type=int, default=2000, help="SentencePiece pieces (upper bound)")
+
+
+def commands() -> list[tuple[str, str, AddArguments, Run]]:
+    """Every subcommand: (name, help, its arguments, its run function)."""
+    from mst5_dist.evaluate.download import add_data_arguments
+    from mst5_dist.evaluate.suite import add_eval_arguments, run_eval_command
+    from mst5_dist.evaluate.sweep import add_sweep_arguments, run_sweep_command
+    from mst5_dist.export.cli import add_embed_arguments, add_export_arguments, run_embed, run_export
+    from mst5_dist.interop.cli import add_import_arguments, run_import
+    from mst5_dist.modular.cli import add_arguments as add_modular_arguments
+    from mst5_dist.modular.cli import run as run_modular
+    from mst5_dist.train import add_train_arguments, run_train
+
+    return [
+        ("train", "train a sentence encoder (LoRA contrastive)", add_train_arguments, run_train),
+        ("build-tiny", "train the embedded tokenizer and save a tiny random mT5", _build_tiny_arguments, _build_tiny),
+        ("eval", "evaluate a model on Tatoeba, BUCC, STS17, STS-B, ... into results.json", add_eval_arguments,
+         run_eval_command),
+        ("data", "evaluation data sets", add_data_arguments, None),  # `data download`: its own run function
+        ("sweep", "table + plot of scores over runs (learning rate or model size)", add_sweep_arguments,
+         run_sweep_command),
+        ("export", "merge, export to ONNX (fp32/fp16/int8), parity-gate, write atomically", add_export_arguments,
+         run_export),
+        ("embed", "embed texts with an exported model through ONNX Runtime", add_embed_arguments, run_embed),
+        ("import-adapter", "import a (PEFT 0.4-era) LoRA adapter such as pkshatech/m-ST5", add_import_arguments,
+         run_import),
+        ("train-modular", "train language modules and cross-lingual alignment adapters", add_modular_arguments,
+         run_modular),
+    ]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mst5", description="m-ST5 sentence encoder training and export")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, add_arguments, run in commands():
+        add_command(sub, name, help_text, add_arguments, run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from mst5_dist.train import add_train_arguments, run_train
-
-    parser = argparse.ArgumentParser(prog="mst5", description="m-ST5 sentence encoder training and export")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a sentence encoder (LoRA contrastive)")
-    add_train_arguments(p)
-    p.set_defaults(func=run_train)
-    p = sub.add_parser("build-tiny", help="train the embedded tokenizer and save a tiny random mT5")
-    p.add_argument("--output", default="runs/tiny-mt5", help="folder to write")
-    p.add_argument("--vocab-size", type=int, default=2000, help="SentencePiece pieces (upper bound)")
-    p.set_defaults(func=_build_tiny)
-    from mst5_dist.evaluate.suite import register as register_eval
-
-    register_eval(sub)  # eval, data
-    from mst5_dist.evaluate.sweep import register as register_sweep
-
-    register_sweep(sub)  # sweep
-    from mst5_dist.export.cli import register as register_export
-
-    register_export(sub)  # export, embed
-    from mst5_dist.interop import register as register_interop
-
-    register_interop(sub)  # import-adapter
-    from mst5_dist.modular import register as register_modular
-
-    register_modular(sub)  # train-modular
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level, all_ranks=args.log_all_ranks)
     return args.func(args)
 
 

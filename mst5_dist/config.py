@@ -16,9 +16,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from mst5_dist.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file or override is malformed; the message names the key."""
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "with_overrides"]
 
 
 @dataclass
@@ -119,6 +119,11 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
+    objective: str = "triplet"
+    """Training objective, by registered name (``mst5_dist.objectives``): ``triplet`` (InfoNCE on
+    anchor / positive [/ hard negative] rows) or ``cla`` (a modular CLA stage: each row's sentence
+    against a frozen pivot-language embedding of its translation)."""
+
     temperature: float = 0.05
     """Softmax temperature applied to cosine similarities."""
 
@@ -131,6 +136,10 @@ class LossConfig:
     cache_chunk_size: int | None = None
     """GradCache: encode each step's sequences this many at a time without keeping activations
     (peak memory ~ one chunk, gradients unchanged); None encodes the batch in one pass."""
+
+    pivot_model: str = ""
+    """Objective ``cla``: the pivot language's module (a ``final/`` folder) that embeds the other
+    side of every pair once, frozen."""
 
 
 @dataclass
@@ -244,16 +253,6 @@ class ModularConfig:
 
     cla_overrides: list[str] = field(default_factory=list)
     """``section.key=value`` overrides applied to every stage-2 (CLA) run."""
-
-    stage: Literal["none", "language", "cla"] = "none"
-    """Set by ``train-modular`` in each run's config: ``cla`` makes the trainer score this run's
-    sentences against frozen pivot-language embeddings instead of encoding both sides itself."""
-
-    language: str = ""
-    """Set by ``train-modular``: the language this run specialises or aligns."""
-
-    pivot_model: str = ""
-    """Stage ``cla``: the pivot language's module (a ``final/`` folder) that embeds the other side."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import random
 import shutil
@@ -27,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from mst5_dist.config import DataConfig
-from mst5_dist.tiny_default import resolve_path
+from mst5_dist.errors import DataError
+from mst5_dist.layout import resolve_path
 
+__all__ = ["DataError", "GlobalBatchSampler", "load_dataset", "read_jsonl", "read_triplets"]
+logger = logging.getLogger(__name__)
 NLI_LABELS = {"entailment", "neutral", "contradiction"}
 COLUMNS = ("anchor", "positive", "negative", "source_id")
-
-
-class DataError(ValueError):
-    """A malformed input row; the message names file, line and field."""
 
 
 @dataclass
@@ -102,8 +102,8 @@ def read_jsonl(path: Path, skip_bad: bool = False, need_negative: bool = True) -
     return report
 
 
-def iter_jsonl(path: Path, check: _RowChecker, need_negative: bool = True) -> Iterator[dict[str, Any]]:
-    """Validated rows of a triplet JSONL file, one at a time (the streaming path uses it as is)."""
+def _json_objects(path: Path, check: _RowChecker) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSON-lines file; a line that is not a JSON object is reported."""
     for number, text in _lines(_open_existing(path)):
         try:
             obj = json.loads(text)
@@ -113,6 +113,12 @@ def iter_jsonl(path: Path, check: _RowChecker, need_negative: bool = True) -> It
         if not isinstance(obj, dict):
             check.fail(path, number, None, "expected a JSON object")
             continue
+        yield number, obj
+
+
+def iter_jsonl(path: Path, check: _RowChecker, need_negative: bool = True) -> Iterator[dict[str, Any]]:
+    """Validated rows of a triplet JSONL file, one at a time (the streaming path uses it as is)."""
+    for number, obj in _json_objects(path, check):
         row = _triplet_row(check, path, number, obj, ("anchor", "positive", "negative"), need_negative)
         if row is not None:
             row["source_id"] = str(obj.get("source_id", f"{path.name}:{number}"))
@@ -168,12 +174,7 @@ def read_snli(path: Path, skip_bad: bool = False, need_negative: bool = True) ->
     report = ReadReport()
     check = _RowChecker(report, skip_bad)
     groups: dict[str, dict[str, list[str]]] = {}
-    for number, text in _lines(_open_existing(path)):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            check.fail(path, number, None, f"invalid JSON ({e.msg})")
-            continue
+    for number, obj in _json_objects(path, check):
         label = obj.get("gold_label")
         if label is None:
             check.fail(path, number, "gold_label", "missing")
@@ -360,7 +361,7 @@ def _cache_key(cfg: DataConfig, seed: int, need_negative: bool) -> str:
     return h.hexdigest()[:24]
 
 
-def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True, log=print):
+def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True):
     """Read, validate and cache the triplets as an Arrow ``datasets.Dataset`` (memory-mapped)."""
     import datasets
 
@@ -372,11 +373,11 @@ def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True, log=pri
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.streaming:
-        ds = _streamed_dataset(cfg, need_negative, tmp.with_name(tmp.name + "-build"), log)
+        ds = _streamed_dataset(cfg, need_negative, tmp.with_name(tmp.name + "-build"))
     else:
         report = read_triplets(cfg, seed, need_negative)
         if report.skipped:
-            log(f"skipped {report.skipped} bad rows; first: {report.errors[0]}")
+            logger.warning("skipped %d bad rows; first: %s", report.skipped, report.errors[0])
         ds = datasets.Dataset.from_dict({c: [r[c] for r in report.rows] for c in COLUMNS})
     # Written to a temporary folder and renamed when complete: an interrupted run leaves no
     # half-written cache that a later run would trust.
@@ -392,7 +393,7 @@ def load_dataset(cfg: DataConfig, seed: int, need_negative: bool = True, log=pri
     return datasets.load_from_disk(str(target))
 
 
-def _streamed_dataset(cfg: DataConfig, need_negative: bool, build_dir: Path, log):
+def _streamed_dataset(cfg: DataConfig, need_negative: bool, build_dir: Path):
     """JSONL files row by row into Arrow on disk (``Dataset.from_generator`` writes in batches),
     so inputs larger than memory are never held as Python objects."""
     import datasets
@@ -420,16 +421,16 @@ def _streamed_dataset(cfg: DataConfig, need_negative: bool, build_dir: Path, log
         cause = e.__cause__
         raise (cause if isinstance(cause, DataError) else e) from None
     if report.skipped:
-        log(f"skipped {report.skipped} bad rows; first: {report.errors[0]}")
+        logger.warning("skipped %d bad rows; first: %s", report.skipped, report.errors[0])
     if len(ds) == 0:
         raise DataError(f"no usable triplets in {cfg.paths} (skipped {report.skipped} bad rows)")
     return ds
 
 
-def token_lengths(dataset, tokenizer, max_len: int, need_negative: bool) -> list[int]:
-    """Per-row length used for grouping: the longest of the row's sentences, in tokens."""
+def token_lengths(dataset, tokenizer, max_len: int, columns: tuple[str, ...]) -> list[int]:
+    """Per-row length used for grouping: the longest of the row's sentences (``columns``), in tokens."""
     lengths: list[int] = []
-    cols = ["anchor", "positive"] + (["negative"] if need_negative else [])
+    cols = list(columns)
     for start in range(0, len(dataset), 4096):
         chunk = dataset[start : start + 4096]
         per_col = [tokenizer(chunk[c], truncation=True, max_length=max_len)["input_ids"] for c in cols]
@@ -537,17 +538,18 @@ class GlobalBatchSampler:
             yield batch[lo:hi]
 
 
-class TripletCollator:
-    """Tokenise anchors, positives and negatives together (ONE forward pass per step)."""
+class BatchCollator:
+    """Rows -> one batch: the objective says which texts to encode (and adds the tensors its loss
+    needs); they are tokenised together, so one forward pass (or one GradCache pass) encodes them."""
 
-    def __init__(self, tokenizer, max_seq_length: int, hard_negatives: bool) -> None:
-        self.tokenizer, self.max_len, self.hard_negatives = tokenizer, max_seq_length, hard_negatives
+    def __init__(self, tokenizer, max_seq_length: int, objective) -> None:
+        self.tokenizer, self.max_len, self.objective = tokenizer, max_seq_length, objective
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        texts = [r["anchor"] for r in rows] + [r["positive"] for r in rows]
-        if self.hard_negatives:
-            texts += [r["negative"] for r in rows]
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+        collated = self.objective.collate(rows)
+        enc = self.tokenizer(
+            collated.texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt"
+        )
         mask = enc["attention_mask"]
         return {
             "input_ids": enc["input_ids"],
@@ -556,4 +558,5 @@ class TripletCollator:
             "real_tokens": int(mask.sum()),
             "padded_tokens": int(mask.numel()),
             "source_ids": [r["source_id"] for r in rows],
+            **collated.extras,
         }

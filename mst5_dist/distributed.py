@@ -6,11 +6,17 @@ or many ranks without branches.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+DEFAULT_TIMEOUT_S = 600.0
 
 
 def is_distributed() -> bool:
@@ -22,10 +28,49 @@ def is_main_env_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def shutdown() -> None:
-    """Destroy the process group if one exists (the end of a multi-run process)."""
-    if dist.is_available() and dist.is_initialized():
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+    """The process group of a launched multi-process run (``WORLD_SIZE`` > 1), owned by the entry
+    point: created before the first run, destroyed after the last, so runs inside (``train``, each
+    stage of ``train-modular``) neither create nor destroy it. A no-op in a single process.
+
+    On a machine without CUDA the backend must be gloo: left to choose, Accelerate + DeepSpeed pick
+    one that leaves every rank thinking it is alone (world 1, all "main"). ``timeout_s`` bounds every
+    collective: a hung or stopped rank makes the others fail after that long instead of waiting.
+    """
+    created = False
+    if launched_world_size() > 1 and not (dist.is_available() and dist.is_initialized()):
+        from accelerate import PartialState
+
+        # What Accelerator(kwargs_handlers=[InitProcessGroupKwargs(...)]) would do, done once here
+        # (later Accelerator objects of this process share this state), with Accelerate's own
+        # reading of ACCELERATE_USE_CPU: without it plain DDP on CPU would be "not distributed".
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        PartialState(cpu=cpu, backend=_backend(), timeout=timedelta(seconds=timeout_s))
+        created = True
+    yield
+    if created and dist.is_initialized():
+        dist.barrier()  # one DDP run aborted at exit (SIGABRT) without a last barrier
         dist.destroy_process_group()
+
+
+class Gather:
+    """The cross-rank gather a loss uses, with this rank's index (the label offset of its rows).
+
+    ``across_ranks`` (``loss.gather_across_ranks``) on: the autograd all-gather below (identity at
+    world size 1); off: the identity, and each rank scores only its own rows.
+    """
+
+    def __init__(self, across_ranks: bool = True) -> None:
+        self.across = across_ranks and is_distributed()
+        self.rank = rank() if self.across else 0
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return all_gather_with_grad(tensor) if self.across else tensor
 
 
 def rank() -> int:
@@ -79,21 +124,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def launched_world_size() -> int:
     """World size announced by the launcher (torchrun / accelerate / deepspeed / SLURM srun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def process_group_kwargs(timeout_s: int = 600) -> list:
-    """Accelerate kwargs handlers that create the process group with a working backend.
-
-    On a machine without CUDA, Accelerate + DeepSpeed would otherwise pick a backend that leaves
-    every rank thinking it is alone (world 1, all "main"). Only pass the handler when a launcher
-    started several processes: in a plain single process it fails.
-    """
-    from accelerate.utils import InitProcessGroupKwargs
-
-    if launched_world_size() <= 1:
-        return []
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    return [InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=timeout_s))]
 
 
 def check_world_size(num_processes: int) -> None:

@@ -5,24 +5,16 @@ from __future__ import annotations
 from torch import nn
 
 from mst5_dist.config import LoraConfig
-from mst5_dist.model import T5_FAMILY, SentenceEncoder
-
-# T5 attention projections are q/k/v/o; the feed-forward is wi (T5 v1.0) or wi_0/wi_1 (gated,
-# mT5 and T5 v1.1) plus wo. Names that match nothing in a given model are simply unused.
-T5_PRESETS = {"qv": ["q", "v"], "all-linear": ["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"]}
-# BERT/XLM-R: a regex, so the unused pooler.dense (outside "encoder.") is never wrapped: it gets
-# no gradient, which DDP would report as an unused parameter.
-BERT_PRESETS = {
-    "qv": r".*encoder\..*\.(query|value)$",
-    "all-linear": r".*encoder\..*\.(query|key|value|dense)$",
-}
+from mst5_dist.distributed import numel
+from mst5_dist.families import family
+from mst5_dist.model import SentenceEncoder
 
 
 def target_modules(model_type: str, cfg: LoraConfig) -> list[str] | str:
+    """``lora.target_modules`` when set, else the family's preset (see ``families.py``)."""
     if cfg.target_modules:
         return cfg.target_modules
-    presets = T5_PRESETS if model_type in T5_FAMILY else BERT_PRESETS
-    return presets[cfg.preset]
+    return family(model_type).lora_presets[cfg.preset]
 
 
 def apply_lora(encoder: SentenceEncoder, cfg: LoraConfig) -> SentenceEncoder:
@@ -56,8 +48,6 @@ def enable_gradient_checkpointing(encoder: SentenceEncoder) -> None:
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
-    from mst5_dist.distributed import numel
-
     trainable = sum(numel(p) for p in module.parameters() if p.requires_grad)
     total = sum(numel(p) for p in module.parameters())
     return trainable, total

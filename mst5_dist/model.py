@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-META_FILE = "sentence_encoder.json"
-T5_FAMILY = {"t5", "mt5", "umt5"}
+from mst5_dist.errors import ModelError
+from mst5_dist.families import T5_FAMILY, family
+from mst5_dist.files import read_json
+from mst5_dist.layout import META_FILE
+
+__all__ = ["META_FILE", "T5_FAMILY", "ModelError", "SentenceEncoder", "encoder_class", "load_backbone"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class ModelError(ValueError):
-    """The model folder or settings are unusable; the message says why."""
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,14 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
+
+
+def encoder_class(model_type: str):
+    """The transformers class that builds the encoder stack of ``model_type`` (families table)."""
+    import transformers
+
+    return getattr(transformers, family(model_type).encoder_class)
 
 
 def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
@@ -80,7 +87,7 @@ def load_backbone(
     dropout: float | None = None,
 ) -> nn.Module:
     """The encoder stack only: ``*EncoderModel`` for T5-family configs, ``AutoModel`` otherwise."""
-    from transformers import AutoConfig, AutoModel, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
+    from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(name_or_path)
     if config.model_type in T5_FAMILY and dtype == "fp16":
@@ -98,7 +105,7 @@ def load_backbone(
             else ["hidden_dropout_prob", "attention_probs_dropout_prob"]
         )
         kwargs.update({n: dropout for n in names if hasattr(config, n)})
-    cls = {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}.get(config.model_type, AutoModel)
+    cls = encoder_class(config.model_type)
     if cls is AutoModel and getattr(config, "is_encoder_decoder", False):
         raise ModelError(f"{name_or_path}: encoder-decoder type {config.model_type} is not supported")
     # An mT5 checkpoint holds the decoder too; skipping it is the point, so hide the load report.

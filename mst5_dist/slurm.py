@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -29,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from mst5_dist.files import read_jsonl
+from mst5_dist.layout import FINAL_DIR, TRAIN_LOG, checkpoint_dirs, checkpoint_step
+
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-# Same rule as mst5_dist.train.checkpoint_dirs (tested to agree): a complete checkpoint is a
-# ``checkpoints/step-N`` folder (not ``.tmp``) holding trainer_state.json.
-CHECKPOINTS, STATE_FILE = "checkpoints", "trainer_state.json"
 
 
 def log(msg: str) -> None:
@@ -223,29 +222,19 @@ def _train_args(argv: list[str]) -> argparse.Namespace:
 
 
 def checkpoint_steps(output_dir: Path) -> list[int]:
-    root = output_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    done = [p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()]
-    return sorted(int(p.name.split("-")[1]) for p in done)
+    """Steps of the complete checkpoints, by the trainer's own rule (``layout.checkpoint_dirs``)."""
+    return [checkpoint_step(p) for p in checkpoint_dirs(output_dir)]
 
 
 def logged_steps(output_dir: Path) -> list[int]:
-    path = output_dir / "train_log.jsonl"
-    if not path.is_file():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(int(json.loads(line)["step"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a kill: ignored, like the trainer's readers do
-    return steps
+    path = output_dir / TRAIN_LOG
+    # A line cut by a kill is skipped by read_jsonl, as the trainer's readers do.
+    return [int(r["step"]) for r in read_jsonl(path) if isinstance(r.get("step"), int)] if path.is_file() else []
 
 
 def resume_state(output_dir: Path, log_every: int = 1) -> tuple[bool, str]:
     """Can ``--resume latest`` continue ``output_dir`` with no step lost or repeated?"""
-    if (output_dir / "final").is_dir():
+    if (output_dir / FINAL_DIR).is_dir():
         return False, f"{output_dir}/final exists: the run is complete"
     ckpts, steps = checkpoint_steps(output_dir), logged_steps(output_dir)
     ckpt, last = (ckpts[-1] if ckpts else 0), (steps[-1] if steps else 0)

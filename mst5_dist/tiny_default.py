@@ -10,22 +10,11 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from importlib import resources
 from pathlib import Path
 
-BUILTIN_PREFIX = "builtin:"
+from mst5_dist.layout import builtin_path, resolve_path
 
-
-def builtin_path(name: str) -> Path:
-    """Path of an embedded resource such as ``tiny_nli`` (the triplet JSONL)."""
-    path = Path(str(resources.files("mst5_dist") / "resources" / f"{name}.jsonl"))
-    if not path.is_file():
-        raise FileNotFoundError(f"no embedded resource '{name}' (looked for {path})")
-    return path
-
-
-def resolve_path(path: str) -> Path:
-    return builtin_path(path[len(BUILTIN_PREFIX) :]) if path.startswith(BUILTIN_PREFIX) else Path(path)
+__all__ = ["build_tiny_mt5", "builtin_path", "resolve_path", "train_tokenizer"]
 
 
 def corpus_sentences(path: Path) -> list[str]:

@@ -43,3 +43,38 @@ def minilm_path() -> Path:
 def mst5_cmd(*args: str) -> list[str]:
     """The console script, run through this interpreter (works without the venv on PATH)."""
     return [sys.executable, "-m", "mst5_dist.cli", *args]
+
+
+# ------------------------------------------------------------------ helpers shared by the test files
+
+TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
+
+
+def read_log(run: Path) -> list[dict]:
+    """The run's train_log.jsonl, one dict per line."""
+    import json
+
+    return [json.loads(line) for line in (Path(run) / "train_log.jsonl").read_text().splitlines()]
+
+
+def train_cmd(base: Path | str, out: Path | str, *extra: str, config: str = TINY_CONFIG) -> list[str]:
+    """``mst5 train`` on ``base`` into ``out`` with the tiny config and ``extra`` overrides."""
+    return mst5_cmd("train", "--config", config, f"model.name_or_path={base}", f"train.output_dir={out}", *extra)
+
+
+def english_tiny_nli(folder: Path) -> Path:
+    """The English rows of the embedded default as a JSONL file in ``folder`` (MiniLM is English)."""
+    from mst5_dist.tiny_default import builtin_path
+
+    english = [line for line in builtin_path("tiny_nli").read_text().splitlines() if '"lang": "en"' in line]
+    path = folder / "en.jsonl"
+    path.write_text("\n".join(english) + "\n")
+    return path
+
+
+def minilm_lora_cmd(minilm: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """A LoRA run (q/v) of the real all-MiniLM-L6-v2 folder on ``data``."""
+    return train_cmd(
+        minilm, out, "model.max_seq_length=48", f"data.paths=[{data}]", "lora.preset=qv", "train.batch_size=16",
+        "train.save_every=null", *extra,
+    )  # fmt: skip

@@ -7,19 +7,15 @@ import subprocess
 
 import pytest
 import torch
-from conftest import REPO, mst5_cmd
+from conftest import REPO, mst5_cmd, read_log
 from safetensors.torch import load_file
 
 from mst5_dist.config import ConfigError, load_config
 from mst5_dist.evaluate.sts import evaluate_sts, read_stsb_csv
 from mst5_dist.model import SentenceEncoder
-from mst5_dist.train import previous_best
+from mst5_dist.training.evaluation import previous_best
 
 TINY = str(REPO / "configs" / "tiny.yaml")
-
-
-def read_log(run):
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_best_checkpoint_is_the_argmax_and_reproduces_its_score(tiny_base, shared_data, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, read_log
 from safetensors.torch import load_file
 
 from mst5_dist import distributed
@@ -82,7 +82,7 @@ def train_args(base: Path, out: Path, *extra: str) -> list[str]:
 
 
 def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in read_log(run)]
 
 
 # ------------------------------------------------------------------ gradient equivalence
@@ -186,7 +186,7 @@ def test_backends_give_the_same_losses(runs):
     assert len(ref) == 6
     for backend in ("ddp", "zero2", "zero3", "zero3_cached"):
         assert losses(runs[backend]) == pytest.approx(ref, rel=1e-4), backend
-        record = json.loads((runs[backend] / "train_log.jsonl").read_text().splitlines()[0])
+        record = read_log(runs[backend])[0]
         assert record["world_size"] == 2 and len(record["peak_memory_mb_per_rank"]) == 2
         assert record["grad_norm"] is not None and record["grad_norm"] > 0
 
@@ -202,7 +202,7 @@ def test_saved_adapters_reload_to_the_same_embeddings(runs):
     cached = load_file(runs["zero3_cached"] / "final" / "adapter_model.safetensors")
     uncached = load_file(runs["zero3"] / "final" / "adapter_model.safetensors")
     assert max((cached[k] - uncached[k]).abs().max().item() for k in uncached) < 1e-5  # GradCache == plain
-    evaluated = [json.loads(line) for line in (runs["zero3_cached"] / "train_log.jsonl").read_text().splitlines()]
+    evaluated = read_log(runs["zero3_cached"])
     assert ["eval_sts_spearman" in r for r in evaluated] == [False, False, True, False, False, True]
     base = embeddings.pop("single")
     for name, emb in embeddings.items():

@@ -14,15 +14,10 @@ from conftest import mst5_cmd
 from scipy.stats import pearsonr, spearmanr
 
 from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
-from mst5_dist.evaluate.embedder import (
-    CachedEmbedder,
-    Embedder,
-    EmbeddingCache,
-    TorchEmbedder,
-    folder_fingerprint,
-    load_embedder,
-)
+from mst5_dist.evaluate.embedder import CachedEmbedder, Embedder, EmbeddingCache, TorchEmbedder
+from mst5_dist.evaluate.loader import load_embedder
 from mst5_dist.evaluate.sts import EvalDataError
+from mst5_dist.files import folder_fingerprint
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import mst5_cmd
+from conftest import mst5_cmd, train_cmd
 
+from mst5_dist.errors import exit_code
 from mst5_dist.export.gate import THRESHOLDS, GateFailed
 from mst5_dist.export.runtime import OnnxEmbedder
 
@@ -29,15 +30,7 @@ TEXTS = [
 def trained(tiny_base, tmp_path_factory) -> Path:
     """A real (short) LoRA training run of the tiny mT5: a training output with final/."""
     out = tmp_path_factory.mktemp("export-train") / "run"
-    cmd = mst5_cmd(
-        "train",
-        "--config",
-        str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
-        f"model.name_or_path={tiny_base}",
-        "train.max_steps=2",
-        "train.batch_size=16",
-        f"train.output_dir={out}",
-    )
+    cmd = train_cmd(tiny_base, out, "train.max_steps=2", "train.batch_size=16")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "adapter_model.safetensors").is_file()
@@ -276,7 +269,8 @@ def test_bad_model_dir_exit_code(tmp_path, capsys):
 
     assert main(["export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "no such model folder" in capsys.readouterr().err
-    assert isinstance(GateFailed("x", {}), RuntimeError)
+    # The one exception-to-exit-code mapping gives a failed gate its own code (3), not "bad input".
+    assert exit_code(GateFailed("x", {})) == 3 and exit_code(ValueError("x")) == 1
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import mst5_cmd
+from conftest import english_tiny_nli, minilm_lora_cmd, mst5_cmd
 
 from mst5_dist.interop import InteropError, import_adapter, write_model_card
 from mst5_dist.model import SentenceEncoder, load_backbone, mean_pool
@@ -318,6 +319,27 @@ class ReversedRows:
         return self.inner.encode(texts, batch_size=batch_size)[::-1]
 
 
+def reorder_bound_x100(a: np.ndarray, b: np.ndarray) -> float:
+    """How far float noise can move Spearman x100 between two cosine vectors of the same pairs.
+
+    Two items whose cosines lie within twice the largest per-item difference can swap ranks; each
+    swap moves sum(d^2) by at most 4n+2, i.e. rho by 6(4n+2)/(n(n^2-1)). With no such near-tie the
+    bound is 0 and the two Spearmans must agree to float precision."""
+    eps = float(np.abs(a - b).max())
+    s = np.sort(a)
+    flips = int(sum(np.searchsorted(s, x + 2 * eps, side="right") - i - 1 for i, x in enumerate(s)))
+    n = len(a)
+    return 100 * flips * 6 * (4 * n + 2) / (n * (n * n - 1))
+
+
+def test_reorder_bound_counts_only_near_ties():
+    a = np.array([0.1, 0.2, 0.3, 0.30000001, 0.9])
+    assert reorder_bound_x100(a, a) == 0.0  # no noise: Spearmans must agree exactly
+    b = a + np.array([0, 0, 1e-8, -1e-8, 0])
+    assert reorder_bound_x100(a, b) > 0  # 0.3 and 0.30000001 may swap
+    assert reorder_bound_x100(a[[0, 1, 2, 4]], b[[0, 1, 2, 4]]) == 0.0  # without the near-tie, none
+
+
 def test_mteb_sts17_offline_equals_our_sts_torch_and_onnx(tiny_base, tiny_onnx, shared_data, monkeypatch):
     """mteb 2.26 runs its own STS17 task (dataset injected from ../shared/data, no Hub) on our
     TorchEmbedder and OnnxEmbedder through ``as_mteb_model``; its cosine Spearman equals
@@ -338,7 +360,7 @@ def test_mteb_sts17_offline_equals_our_sts_torch_and_onnx(tiny_base, tiny_onnx, 
         "torch": TorchEmbedder.from_pretrained(tiny_base, progress=False),
         "onnx": OnnxEmbedder(tiny_onnx, variant="fp32"),
     }
-    mteb_numbers, ours = {}, {}
+    mteb_numbers, ours, cosines = {}, {}, {}
     for name, emb in embedders.items():
         model = as_mteb_model(emb)
         assert isinstance(model, EncoderProtocol)
@@ -346,12 +368,18 @@ def test_mteb_sts17_offline_equals_our_sts_torch_and_onnx(tiny_base, tiny_onnx, 
         assert meta.embed_dim == 64 and meta.similarity_fn_name is ScoringFunction.COSINE
         assert meta.revision == emb.fingerprint[:16] and meta.name.startswith("mst5-dist/")
         mteb_numbers[name] = mteb_cosine_spearman_x100(model, pairs, monkeypatch)
-        ours[name] = {s: sts_scores(emb, p)["spearman"] for s, p in pairs.items()}
+        scores = {s: sts_scores(emb, p) for s, p in pairs.items()}
+        ours[name] = {s: r["spearman"] for s, r in scores.items()}
+        cosines[name] = {s: r["cosine"] for s, r in scores.items()}
         for subset in pairs:
             assert abs(mteb_numbers[name][subset] - ours[name][subset]) <= MTEB_TOLERANCE_X100, (name, subset)
     for subset in pairs:
         assert abs(mteb_numbers["torch"][subset] - mteb_numbers["onnx"][subset]) <= MTEB_TOLERANCE_X100, subset
-        assert abs(ours["torch"][subset] - ours["onnx"][subset]) <= 1e-4, subset
+        # PyTorch vs ONNX, stable under float reordering: the cosines agree to 1e-5, and the Spearmans
+        # differ by no more than the near-ties that such differences can reorder allow.
+        a, b = cosines["torch"][subset], cosines["onnx"][subset]
+        assert np.abs(a - b).max() <= 1e-5, subset
+        assert abs(ours["torch"][subset] - ours["onnx"][subset]) <= max(1e-4, reorder_bound_x100(a, b)), subset
     print(f"mteb vs ours (x100): {mteb_numbers} | {ours}")
 
     # The comparison can fail: the same vectors in the wrong rows give another mteb number.
@@ -369,31 +397,11 @@ def test_minilm_lora_export_equals_sentence_transformers_on_merged_checkpoint(mi
     from mst5_dist.evaluate.sts import read_stsb_csv
     from mst5_dist.export.pipeline import export_model
     from mst5_dist.export.runtime import OnnxEmbedder
-    from mst5_dist.tiny_default import builtin_path
 
-    english = [line for line in builtin_path("tiny_nli").read_text().splitlines() if '"lang": "en"' in line]
-    data = tmp_path / "en.jsonl"
-    data.write_text("\n".join(english) + "\n")
+    data = english_tiny_nli(tmp_path)
     run = tmp_path / "run"
-    proc = subprocess.run(
-        mst5_cmd(
-            "train",
-            "--config",
-            str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
-            f"model.name_or_path={minilm_path}",
-            "model.max_seq_length=48",
-            f"data.paths=[{data}]",
-            "lora.preset=qv",
-            "train.batch_size=16",
-            "train.max_steps=6",
-            "optim.lr=5e-3",
-            f"train.output_dir={run}",
-            "train.save_every=null",
-            "train.progress_bar=false",
-        ),
-        capture_output=True,
-        text=True,
-    )
+    cmd = minilm_lora_cmd(minilm_path, data, run, "train.max_steps=6", "optim.lr=5e-3", "train.progress_bar=false")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "final" / "adapter_model.safetensors").is_file()
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, mst5_cmd
+from conftest import REPO, mst5_cmd, read_log
 
 from mst5_dist import modular
 from mst5_dist.config import ConfigError, load_config
 from mst5_dist.model import ModelError, SentenceEncoder
+from mst5_dist.objectives import cla
 
 LANGS = ["en", "de", "ru", "zh"]
 TEXTS = {
@@ -61,7 +62,7 @@ def test_cla_pairs_put_the_trained_side_where_the_coin_says():
     emb = torch.arange(6, dtype=torch.float32).reshape(3, 2).requires_grad_(True)
     pivot = -torch.ones(3, 2)
     flip = torch.tensor([True, False, True])
-    anchors, positives = modular.cla_pairs(emb, pivot, flip)
+    anchors, positives = cla.cla_pairs(emb, pivot, flip)
     assert torch.equal(anchors[0], pivot[0]) and torch.equal(positives[0], emb[0].detach())
     assert torch.equal(anchors[1], emb[1].detach()) and torch.equal(positives[1], pivot[1])
     (anchors.sum() + 2 * positives.sum()).backward()
@@ -70,10 +71,10 @@ def test_cla_pairs_put_the_trained_side_where_the_coin_says():
 
 
 def test_anchor_coin_is_fixed_per_row_and_balanced():
-    coins = [modular.anchor_is_pivot(7, f"row{i}") for i in range(2000)]
-    assert coins == [modular.anchor_is_pivot(7, f"row{i}") for i in range(2000)]
+    coins = [cla.anchor_is_pivot(7, f"row{i}") for i in range(2000)]
+    assert coins == [cla.anchor_is_pivot(7, f"row{i}") for i in range(2000)]
     assert 900 < sum(coins) < 1100
-    assert coins != [modular.anchor_is_pivot(8, f"row{i}") for i in range(2000)]
+    assert coins != [cla.anchor_is_pivot(8, f"row{i}") for i in range(2000)]
 
 
 def test_language_and_parallel_rows_from_real_stsb(shared_data):
@@ -111,11 +112,11 @@ def test_plan_and_config_errors(tmp_path):
         modular.plan(load_config(None, ["modular.languages=[de,ru]"]))
     with pytest.raises(ConfigError, match=r"modular\.languages is empty"):
         modular.plan(load_config(None, []))
-    with pytest.raises(ConfigError, match=r"needs modular\.pivot_model"):
-        modular.check_cla_config(load_config(None, ["modular.stage=cla"]))
+    with pytest.raises(ConfigError, match=r"needs loss\.pivot_model"):
+        cla.check_config(load_config(None, ["loss.objective=cla"]))
     stage = modular.stage_config(cfg, tmp_path, "cla", "de")
     assert stage.model.merge_adapters == [str(tmp_path / "language" / "de" / "final")]
-    assert stage.modular.pivot_model == str(tmp_path / "language" / "en" / "final")
+    assert stage.loss.pivot_model == str(tmp_path / "language" / "en" / "final")
     assert stage.loss.hard_negatives is False and stage.train.output_dir == str(tmp_path / "cla" / "de")
 
 
@@ -175,10 +176,10 @@ def test_train_modular_end_to_end(modular_run):
     assert manifest["languages"]["en"] == {"language": "language/en/final"}
     for lang in ["de", "ru", "zh"]:
         assert manifest["languages"][lang] == {"language": f"language/{lang}/final", "cla": f"cla/{lang}/final"}
-        log = [json.loads(line) for line in (out / "cla" / lang / "train_log.jsonl").read_text().splitlines()]
+        log = read_log(out / "cla" / lang)
         assert len(log) == 3 and all(np.isfinite(r["loss"]) for r in log)
         saved = load_config(out / "cla" / lang / "config.yaml")  # the stage reruns as a plain `mst5 train`
-        assert saved.modular.stage == "cla" and saved.model.merge_adapters == [str(out / "language" / lang / "final")]
+        assert saved.loss.objective == "cla" and saved.model.merge_adapters == [str(out / "language" / lang / "final")]
     # Stage 2 never touched a language module.
     assert {lang: _sha(out / "language" / lang / "final") for lang in LANGS} == modular_run["hashes"]
 
@@ -277,8 +278,7 @@ def test_two_ranks_under_zero2_train_every_stage_like_one_process(tiny_base, sha
     two = launch("zero2", tmp_path, "-m", "mst5_dist.modular", *args, *_overrides(tiny_base, shared_data, double))
     assert two.returncode == 0, two.stderr[-3000:]
     for stage in ("language/en", "language/de", "cla/de"):
-        ref = [json.loads(x) for x in (single / stage / "train_log.jsonl").read_text().splitlines()]
-        got = [json.loads(x) for x in (double / stage / "train_log.jsonl").read_text().splitlines()]
+        ref, got = read_log(single / stage), read_log(double / stage)
         assert [r["world_size"] for r in got] == [2, 2, 2]
         assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in ref], rel=1e-4), stage
     assert json.loads((double / "modular.json").read_text())["languages"]["de"]["cla"] == "cla/de/final"

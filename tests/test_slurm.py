@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, read_log
 from safetensors.torch import load_file
 
 from mst5_dist import slurm
@@ -299,7 +299,7 @@ def jobs(cluster, two_node_cluster, tiny_base, tmp_path_factory):
 
 
 def _steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in read_log(run)]
 
 
 def _assert_completed(job: Job, restarts: int) -> dict:
@@ -337,7 +337,7 @@ def test_hostlist_expansion_matches_scontrol(cluster):
 
 
 def test_checkpoint_rule_matches_the_trainer(tmp_path):
-    from mst5_dist import train
+    from mst5_dist import layout
 
     ck = tmp_path / "checkpoints"
     for name, complete in [
@@ -349,7 +349,7 @@ def test_checkpoint_rule_matches_the_trainer(tmp_path):
         (ck / name).mkdir(parents=True)
         if complete:
             (ck / name / "trainer_state.json").write_text("{}")
-    assert slurm.checkpoint_steps(tmp_path) == [int(p.name.split("-")[1]) for p in train.checkpoint_dirs(tmp_path)]
+    assert slurm.checkpoint_steps(tmp_path) == [int(p.name.split("-")[1]) for p in layout.checkpoint_dirs(tmp_path)]
     assert slurm.checkpoint_steps(tmp_path) == [10, 20]
     log = tmp_path / "train_log.jsonl"
     log.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 21)))

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, read_log
 
 from mst5_dist.config import load_config, save_config
 from mst5_dist.evaluate.suite import add_eval_arguments, run_evaluation
@@ -29,10 +29,6 @@ def mt5_encoder_params(d, ff, layers, heads):
     """By hand: embedding + per layer (q,k,v,o + wi_0,wi_1,wo + 2 RMSNorm) + relative bias + final norm."""
     inner = heads * 64
     return 250112 * d + layers * (4 * d * inner + 3 * d * ff + 2 * d) + 32 * heads + d
-
-
-def read_log(run):
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
 def eval_into(run, shared_data):
@@ -209,5 +205,5 @@ def test_errors_name_the_run_and_the_missing_file_or_field(lr_runs, tmp_path, ca
     # The command: exit 2 and one line on stderr naming the folder and the file.
     assert main(["sweep", str(a), str(b), "--output", str(tmp_path / "cli")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"mst5 sweep: {a}: no training config (looked for config.yaml, final/training_config.yaml, "
+    assert err == [f"mst5 sweep: error: {a}: no training config (looked for config.yaml, final/training_config.yaml, "
                    "training_config.yaml)"]  # fmt: skip

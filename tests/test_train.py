@@ -2,19 +2,12 @@ import json
 import signal
 import subprocess
 import time
-from pathlib import Path
 
-from conftest import REPO, mst5_cmd
+from conftest import TINY_CONFIG as TINY
+from conftest import english_tiny_nli, minilm_lora_cmd, mst5_cmd, read_log, train_cmd
 from safetensors.torch import load_file
 
-from mst5_dist.tiny_default import builtin_path
-
-TINY = str(REPO / "configs" / "tiny.yaml")
 LOG_FIELDS = {"step", "loss", "grad_norm", "lr", "sentences_per_s", "tokens_per_s", "padding_fraction"}
-
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_readme_main_job_on_fresh_folder(tmp_path):
@@ -36,25 +29,16 @@ def test_readme_main_job_on_fresh_folder(tmp_path):
     assert not list(run.rglob("*.tmp"))
 
 
-def _run_args(tiny_base, out):
-    return [
-        "train",
-        "--config",
-        TINY,
-        f"model.name_or_path={tiny_base}",
-        f"train.output_dir={out}",
-        "train.progress_bar=false",
-    ]
+def _run_cmd(tiny_base, out, *extra):
+    return train_cmd(tiny_base, out, "train.progress_bar=false", *extra)
 
 
 def test_sigterm_checkpoint_and_resume_equals_uninterrupted(tiny_base, tmp_path):
     straight = tmp_path / "straight"
-    subprocess.run(mst5_cmd(*_run_args(tiny_base, straight)), check=True, capture_output=True)
+    subprocess.run(_run_cmd(tiny_base, straight), check=True, capture_output=True)
 
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(
-        mst5_cmd(*_run_args(tiny_base, resumed)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(_run_cmd(tiny_base, resumed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log_file = resumed / "train_log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log_file.exists() and len(log_file.read_text().splitlines()) >= 4):
@@ -67,9 +51,7 @@ def test_sigterm_checkpoint_and_resume_equals_uninterrupted(tiny_base, tmp_path)
     stopped_at = len(read_log(resumed))
     assert 4 <= stopped_at < total and not (resumed / "final").exists()
 
-    proc2 = subprocess.run(
-        mst5_cmd(*_run_args(tiny_base, resumed), "--resume", "latest"), capture_output=True, text=True
-    )
+    proc2 = subprocess.run(_run_cmd(tiny_base, resumed, "--resume", "latest"), capture_output=True, text=True)
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     assert [r["step"] for r in read_log(resumed)] == list(range(1, total + 1))  # every step exactly once
     a = load_file(straight / "final" / "adapter_model.safetensors")
@@ -84,28 +66,10 @@ def test_sigterm_checkpoint_and_resume_equals_uninterrupted(tiny_base, tmp_path)
 
 
 def test_lora_run_on_real_minilm_lowers_loss(minilm_path, tmp_path):
-    english = [line for line in builtin_path("tiny_nli").read_text().splitlines() if '"lang": "en"' in line]
-    data = tmp_path / "en.jsonl"
-    data.write_text("\n".join(english) + "\n")
+    data = english_tiny_nli(tmp_path)
     out = tmp_path / "minilm"
-    proc = subprocess.run(
-        mst5_cmd(
-            "train",
-            "--config",
-            TINY,
-            f"model.name_or_path={minilm_path}",
-            "model.max_seq_length=48",
-            f"data.paths=[{data}]",
-            "lora.preset=qv",
-            "train.batch_size=16",
-            "train.epochs=5",
-            "optim.lr=2e-3",
-            f"train.output_dir={out}",
-            "train.save_every=null",
-        ),
-        capture_output=True,
-        text=True,
-    )
+    cmd = minilm_lora_cmd(minilm_path, data, out, "train.epochs=5", "optim.lr=2e-3")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [r["loss"] for r in read_log(out)]
     assert len(losses) >= 10

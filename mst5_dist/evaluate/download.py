@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mst5_dist.evaluate.embedder import file_sha256
+from mst5_dist.errors import run_command
+from mst5_dist.files import file_sha256
 
 DEFAULT_DEST = Path(os.environ.get("MST5_EVAL_DATA", Path.home() / ".cache" / "mst5" / "eval-data"))
 
@@ -77,11 +78,11 @@ def download(names: list[str], dest: Path, timeout: float = 30.0) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return download(args.names, Path(args.dest), args.timeout)
+    return run_command("mst5 data download", lambda: download(args.names, Path(args.dest), args.timeout))
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser("data", help="evaluation data sets")
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """``mst5 data download NAME...``."""
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("download", help="fetch evaluation sets (tatoeba, sts17, stsb-multi-mt, ...) with checksums")
     d.add_argument("names", nargs="+", help="data set names, or 'all'")

@@ -2,9 +2,8 @@
 
 - ``TorchEmbedder``: a ``SentenceEncoder`` (checkpoint, LoRA training output, sentence-transformers
   folder), texts sorted by token length so each batch pads to a similar length, tqdm progress bar.
-- ``load_embedder(path)``: an ONNX export (``path/onnx/model.onnx``) through
-  ``mst5_dist.export.runtime.OnnxEmbedder``, otherwise a ``TorchEmbedder``; a training output
-  directory (with ``final/`` inside) means its ``final/`` model.
+- ``mst5_dist.evaluate.loader.load_embedder(path)`` picks the right one for a folder (ONNX export,
+  modular model, PyTorch checkpoint or training output).
 - ``EmbeddingCache`` / ``CachedEmbedder``: ``.npy`` files keyed by the model fingerprint and a hash of
   the exact texts embedded (so a file, or a subset of it, is embedded once per model), written
   atomically (temp file + ``os.replace``) so a killed run never leaves a truncated entry.
@@ -13,19 +12,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-ONNX_MODEL = Path("onnx") / "model.onnx"
-# Files larger than this are fingerprinted by size + head + tail instead of a full read: hashing a
-# 50 GB mt5-xxl checkpoint on every evaluation would cost minutes.
-_FULL_HASH_LIMIT = 64 << 20
-_PARTIAL_CHUNK = 4 << 20
+from mst5_dist.files import atomic_write_bytes, folder_fingerprint
+from mst5_dist.layout import META_FILE, resolve_model_dir
+
+__all__ = ["CachedEmbedder", "Embedder", "EmbeddingCache", "TorchEmbedder", "encode_routed", "unit_rows"]
 
 
 @runtime_checkable
@@ -35,54 +32,6 @@ class Embedder(Protocol):
     fingerprint: str
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    size = path.stat().st_size
-    if size <= _FULL_HASH_LIMIT:
-        return file_sha256(path)
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(_PARTIAL_CHUNK))
-        f.seek(size - _PARTIAL_CHUNK)
-        h.update(f.read(_PARTIAL_CHUNK))
-    return "partial:" + h.hexdigest()
-
-
-def folder_fingerprint(path: str | Path) -> str:
-    """sha256 over (relative name, content digest) of every file in a model folder.
-
-    Paths and mtimes are left out on purpose: a copied or moved model keeps its fingerprint, so its
-    cached embeddings stay valid. A hub name (no local folder) is fingerprinted by the name only.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return "name:" + hashlib.sha256(str(path).encode()).hexdigest()
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if rel.startswith(("checkpoints/", "onnx/", ".")) or "/." in rel:
-            continue
-        h.update(rel.encode() + b"\0" + _file_digest(file).encode() + b"\n")
-    return h.hexdigest()
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A training output directory means its ``final/`` model; anything else is taken as is."""
-    path = Path(path)
-    if (path / "final").is_dir() and not (
-        path / "sentence_encoder.json"
-    ).is_file():  # model.META_FILE (no torch import here)
-        return path / "final"
-    return path
 
 
 def _padding_stats(lengths: list[int], batch_size: int) -> tuple[int, int]:
@@ -124,7 +73,7 @@ class TorchEmbedder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> TorchEmbedder:
-        from mst5_dist.model import META_FILE, SentenceEncoder
+        from mst5_dist.model import SentenceEncoder
 
         path = resolve_model_dir(path)
         encoder = SentenceEncoder.from_pretrained(path)
@@ -207,14 +156,9 @@ class EmbeddingCache:
     def put(self, fingerprint: str, texts: list[str], emb: np.ndarray) -> Path:
         path = self.path(fingerprint, texts)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(emb, dtype=np.float32))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(emb, dtype=np.float32))
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
 
@@ -245,38 +189,6 @@ def encode_routed(embedder: Any, texts: list[str], batch_size: int, lang: str, c
     if getattr(embedder, "routes_by_language", False):
         return np.asarray(embedder.encode(texts, batch_size=batch_size, lang=lang, cross_lingual=cross_lingual))
     return np.asarray(embedder.encode(texts, batch_size=batch_size))
-
-
-def load_embedder(
-    path: str | Path,
-    *,
-    device: str | None = None,
-    progress: bool = True,
-    cache_dir: str | Path | None = None,
-    onnx_provider: str = "cpu",
-    onnx_variant: str | None = None,
-    modular_routing: str = "auto",
-) -> Embedder:
-    """ONNX export if ``path/onnx/model.onnx`` exists (``onnx_variant`` fp32/fp16/int8, default the
-    export's primary one), a modular model (``modular.json``) or modular export (``manifest.json``)
-    routed by language, else a PyTorch ``SentenceEncoder``."""
-    from mst5_dist import modular
-
-    embedder: Embedder
-    if (Path(path) / modular.MANIFEST).is_file():
-        embedder = modular.ModularEmbedder(path, routing=modular_routing, device=device)
-    elif modular.is_modular_export(path):
-        embedder = modular.OnnxModularEmbedder(path, provider=onnx_provider, variant=onnx_variant)
-    elif (resolve_model_dir(path) / ONNX_MODEL).is_file():
-        path = resolve_model_dir(path)
-        from mst5_dist.export.runtime import OnnxEmbedder  # lazy: onnxruntime only when needed
-
-        embedder = OnnxEmbedder(path, provider=onnx_provider, variant=onnx_variant)
-    else:
-        embedder = TorchEmbedder.from_pretrained(resolve_model_dir(path), device=device, progress=progress)
-    if cache_dir is not None:
-        embedder = CachedEmbedder(embedder, EmbeddingCache(cache_dir))
-    return embedder
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from mst5_dist.errors import BadInput
 from mst5_dist.evaluate.embedder import encode_routed
 
 
-class EvalDataError(ValueError):
+class EvalDataError(BadInput):
     """A malformed evaluation file; the message names file and line."""
 
 

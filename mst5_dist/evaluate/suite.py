@@ -9,24 +9,27 @@ Data layout under ``--data-dir`` (the layout of ``../shared/data`` and of ``mst5
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mst5_dist.atomic import atomic_write_text
+from mst5_dist.errors import BadInput, run_command
 from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
-from mst5_dist.evaluate.embedder import CachedEmbedder, encode_routed, file_sha256, load_embedder
+from mst5_dist.evaluate.embedder import CachedEmbedder, encode_routed
+from mst5_dist.evaluate.loader import load_embedder
+from mst5_dist.files import atomic_write_json, file_sha256
+
+logger = logging.getLogger(__name__)
 
 TASKS = ["tatoeba", "bucc", "sts17", "stsb", "xstsb", "jsts", "korsts", "sick", "langbias", "rsim"]
 DEFAULT_TASKS = "tatoeba,bucc,sts17,stsb"
 RESULTS_VERSION = 1
 
 
-class EvalUsageError(ValueError):
+class EvalUsageError(BadInput):
     """A bad ``mst5 eval`` argument (unknown task)."""
 
 
@@ -256,7 +259,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         results[task] = getattr(suite, task)()
         timings[task] = time.perf_counter() - t0
-        print(f"{task}: done in {timings[task]:.1f}s", file=sys.stderr)
+        logger.info(f"{task}: done in {timings[task]:.1f}s")
     name = args.name or Path(args.model).resolve().name
     tables = markdown_tables(name, results)
     inner = embedder.inner if isinstance(embedder, CachedEmbedder) else embedder
@@ -286,27 +289,16 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         report["cache"] = {"dir": str(args.cache_dir), "hits": embedder.cache.hits, "misses": embedder.cache.misses}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(tables)
-    print(f"\nresults written to {out}")
+    atomic_write_json(out, report)
     return report
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """CLI wrapper: bad data / missing files / unknown task -> one line on stderr, exit 2."""
-    try:
-        run_evaluation(args)
-    except (sts.EvalDataError, EvalUsageError, FileNotFoundError) as e:
-        print(f"mst5 eval: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """``mst5 eval``: the tables on stdout; bad data / missing files / unknown task exit 2."""
 
+    def job() -> None:
+        report = run_evaluation(args)
+        print(report["markdown"])
+        print(f"\nresults written to {args.output}")
 
-def register(sub: Any) -> None:
-    """Add ``eval`` (and ``data``) to the ``mst5`` subcommands."""
-    p = sub.add_parser("eval", help="evaluate a model on Tatoeba, BUCC, STS17, STS-B, ... into results.json")
-    add_eval_arguments(p)
-    p.set_defaults(func=run_eval_command)
-    from mst5_dist.evaluate.download import register as register_data
-
-    register_data(sub)
+    return run_command("mst5 eval", job)

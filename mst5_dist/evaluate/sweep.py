@@ -27,34 +27,26 @@ one line per metric; when the other variable also differs, one line per metric a
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mst5_dist.atomic import atomic_write_text
 from mst5_dist.config import Config, ConfigError, load_config
+from mst5_dist.errors import BadInput, run_command
+from mst5_dist.families import MT5_SIZES, MT5_VOCAB
+from mst5_dist.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 TRAIN_LOG_METRICS = ("eval_sts_spearman",)
 X_CHOICES = ("auto", "lr", "model_size")
 CONFIG_FILES = ("config.yaml", "final/training_config.yaml", "training_config.yaml")
-# Published mT5 architectures (d_model, d_ff, layers, heads); all use d_kv 64, a 250,112-piece
-# vocabulary and gated-GELU feed-forward blocks (t5x gin files / the Hub config.json files).
-MT5_SIZES = {
-    "small": (512, 1024, 8, 6),
-    "base": (768, 2048, 12, 12),
-    "large": (1024, 2816, 24, 16),
-    "xl": (2048, 5120, 24, 32),
-    "xxl": (4096, 10240, 24, 64),
-}
 _MT5_NAME = re.compile(r"(?:^|[/_-])mt5-(small|base|large|xl|xxl)$", re.IGNORECASE)
 
 
-class SweepError(ValueError):
+class SweepError(BadInput):
     """A run folder lacks a file or field the sweep needs; the message names the folder and file."""
 
 
@@ -115,11 +107,12 @@ def base_model_of(run: Path, cfg: Config) -> str:
 def _count_encoder(config: Any) -> int:
     """Parameters of the encoder stack ``load_backbone`` would build, instantiated on the meta device."""
     import torch
-    from transformers import AutoModel, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
 
-    cls = {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}.get(config.model_type)
+    from mst5_dist.model import encoder_class
+
+    cls = encoder_class(config.model_type)
     with torch.device("meta"):
-        model = cls(config) if cls is not None else AutoModel.from_config(config)
+        model = cls.from_config(config) if cls.__name__ == "AutoModel" else cls(config)
     return sum(p.numel() for p in model.parameters())  # tied embeddings are counted once
 
 
@@ -128,7 +121,7 @@ def mt5_config(size: str) -> Any:
 
     d_model, d_ff, layers, heads = MT5_SIZES[size]
     return MT5Config(
-        vocab_size=250112,
+        vocab_size=MT5_VOCAB,
         d_model=d_model,
         d_ff=d_ff,
         num_layers=layers,
@@ -346,9 +339,9 @@ def plot(sweep: dict[str, Any], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def parse_metrics(specs: list[str] | None) -> list[str]:
@@ -395,10 +388,8 @@ def run_sweep(
         "markdown": table,
     }
     atomic_write_text(out / "sweep.md", table + "\n")
-    atomic_write_text(out / "sweep.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_json(out / "sweep.json", report)
     plot(sweep, out / "sweep.png")
-    print(table)
-    print(f"\nsweep written to {out}/sweep.{{md,json,png}}")
     return sweep
 
 
@@ -422,19 +413,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    """CLI wrapper: a missing file or field -> one line on stderr, exit 2."""
-    try:
-        run_sweep(
+    """``mst5 sweep``: the table on stdout; a missing file or field -> one line on stderr, exit 2."""
+
+    def job() -> None:
+        sweep = run_sweep(
             args.runs, metrics=parse_metrics(args.metric), x=args.x, output=args.output, results_name=args.results
         )
-    except SweepError as e:
-        print(f"mst5 sweep: {e}", file=sys.stderr)
-        return 2
-    return 0
+        print(markdown_table(sweep))
+        print(f"\nsweep written to {args.output}/sweep.{{md,json,png}}")
 
-
-def register(sub: Any) -> None:
-    """Add ``sweep`` to the ``mst5`` subcommands."""
-    p = sub.add_parser("sweep", help="table + plot of scores over runs (learning rate or model size)")
-    add_sweep_arguments(p)
-    p.set_defaults(func=run_sweep_command)
+    return run_command("mst5 sweep", job)

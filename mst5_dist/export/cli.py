@@ -1,16 +1,17 @@
-"""``mst5 export`` and ``mst5 embed``. Exit codes: 0 done, 2 bad model / input / arguments,
-3 parity gate failed (nothing left under OUTPUT), 1 anything else."""
+"""``mst5 export`` and ``mst5 embed``. Exit codes (``mst5_dist.errors``): 0 done, 2 bad model /
+input / arguments, 3 parity gate failed (nothing left under OUTPUT), 1 anything else."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import traceback
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-EXIT_GATE_FAILED = 3
+import numpy as np
+
+from mst5_dist.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInput, run_command
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "read_texts", "run_embed", "run_export"]
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,32 +44,18 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mst5_dist import modular
-    from mst5_dist.export.gate import GateFailed
-    from mst5_dist.export.onnx_graph import ExportError
-    from mst5_dist.export.pipeline import export_model
-    from mst5_dist.model import ModelError
+    def job() -> None:
+        from mst5_dist.export.pipeline import export_model
+        from mst5_dist.layout import MODULAR_MANIFEST
+        from mst5_dist.modular.onnx import export_modular
 
-    kwargs = dict(dtype=args.dtype, quantize=args.quantize, opset=args.opset, triton=args.triton)
-    try:
-        if (Path(args.model) / modular.MANIFEST).is_file():
-            modular.export_modular(
-                args.model, args.output, monolingual=args.monolingual, overwrite=args.overwrite, **kwargs
-            )
+        kwargs = dict(dtype=args.dtype, quantize=args.quantize, opset=args.opset, triton=args.triton)
+        if (Path(args.model) / MODULAR_MANIFEST).is_file():
+            export_modular(args.model, args.output, monolingual=args.monolingual, overwrite=args.overwrite, **kwargs)
         else:
             export_model(args.model, args.output, overwrite=args.overwrite, **kwargs)
-    except GateFailed as e:
-        print(json.dumps(e.report, indent=2, default=str), file=sys.stderr)
-        print(f"mst5 export: {e} (nothing written to {args.output})", file=sys.stderr)
-        return EXIT_GATE_FAILED
-    except (ModelError, ExportError, FileNotFoundError, OSError) as e:
-        print(f"mst5 export: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as e:
-        traceback.print_exc()
-        print(f"mst5 export: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_command("mst5 export", job)
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
@@ -81,59 +68,40 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
                 row = json.loads(line)
                 if isinstance(row, dict):
                     if not isinstance(row.get(field), str):
-                        raise ValueError(f"{path}:{n}: field '{field}' missing or not a string")
+                        raise BadInput(f"{path}:{n}: field '{field}' missing or not a string")
                     row = row[field]
                 if not isinstance(row, str):
-                    raise ValueError(f"{path}:{n}: expected a string or an object with '{field}'")
+                    raise BadInput(f"{path}:{n}: expected a string or an object with '{field}'")
                 texts.append(row)
         else:
             texts = f.read().splitlines()
     return texts
 
 
+def _embed(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, str]:
+    """(embeddings, what served them) for a plain or a modular export."""
+    from mst5_dist.export.runtime import OnnxEmbedder
+    from mst5_dist.modular.onnx import OnnxModularEmbedder, is_modular_export
+
+    if is_modular_export(args.model):
+        routed = OnnxModularEmbedder(args.model, provider=args.provider, variant=args.variant)
+        if args.lang is None:
+            raise BadInput(f"{args.model} is a modular export: pass --lang (one of {', '.join(routed.languages)})")
+        if args.monolingual and f"mono:{args.lang}" not in routed.sessions:
+            raise BadInput(f"{args.model}: no monolingual graph for '{args.lang}' (export with --monolingual)")
+        emb = routed.encode(texts, args.batch_size, lang=args.lang, cross_lingual=not args.monolingual)
+        return emb, f"{args.lang} module"
+    if args.lang is not None:
+        raise BadInput(f"--lang {args.lang}: {args.model} is not a modular export (no modular manifest.json)")
+    embedder = OnnxEmbedder(args.model, provider=args.provider, variant=args.variant)
+    return embedder.encode(texts, batch_size=args.batch_size), embedder.variant
+
+
 def run_embed(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from mst5_dist import modular
-    from mst5_dist.export.runtime import OnnxEmbedder, ProviderUnavailable
-    from mst5_dist.model import ModelError
-
-    try:
+    def job() -> None:
         texts = read_texts(Path(args.input), args.field)
-        if modular.is_modular_export(args.model):
-            routed = modular.OnnxModularEmbedder(args.model, provider=args.provider, variant=args.variant)
-            if args.lang is None:
-                raise ValueError(
-                    f"{args.model} is a modular export: pass --lang (one of {', '.join(routed.languages)})"
-                )
-            if args.monolingual and f"mono:{args.lang}" not in routed.sessions:
-                raise ValueError(f"{args.model}: no monolingual graph for '{args.lang}' (export with --monolingual)")
-            emb = routed.encode(texts, args.batch_size, lang=args.lang, cross_lingual=not args.monolingual)
-            np.save(args.output, emb)
-            print(
-                f"{len(texts)} embeddings ({emb.shape[1]} dims, {args.lang} module, {args.provider}) -> {args.output}"
-            )
-            return 0
-        if args.lang is not None:
-            raise ValueError(f"--lang {args.lang}: {args.model} is not a modular export (no modular manifest.json)")
-        embedder = OnnxEmbedder(args.model, provider=args.provider, variant=args.variant)
-    except ProviderUnavailable as e:
-        print(f"mst5 embed: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (FileNotFoundError, ValueError, OSError, ModelError) as e:
-        print(f"mst5 embed: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    emb = embedder.encode(texts, batch_size=args.batch_size)
-    np.save(args.output, emb)
-    print(f"{len(texts)} embeddings ({emb.shape[1]} dims, {embedder.variant}, {args.provider}) -> {args.output}")
-    return 0
+        emb, served_by = _embed(args, texts)
+        np.save(args.output, emb)
+        print(f"{len(texts)} embeddings ({emb.shape[1]} dims, {served_by}, {args.provider}) -> {args.output}")
 
-
-def register(sub) -> None:
-    """Add the ``export`` and ``embed`` subcommands to the ``mst5`` parser."""
-    p = sub.add_parser("export", help="merge, export to ONNX (fp32/fp16/int8), parity-gate, write atomically")
-    add_export_arguments(p)
-    p.set_defaults(func=run_export)
-    p = sub.add_parser("embed", help="embed texts with an exported model through ONNX Runtime")
-    add_embed_arguments(p)
-    p.set_defaults(func=run_embed)
+    return run_command("mst5 embed", job)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mst5_dist.errors import EXIT_GATE_FAILED, MstError
 from mst5_dist.export.probes import Probe, ProbeBatch
 
 
@@ -38,12 +39,20 @@ THRESHOLDS = {
 Outputs = list[tuple[np.ndarray, np.ndarray]]  # per batch: (hidden, embedding)
 
 
-class GateFailed(RuntimeError):
-    """An exported variant does not match the PyTorch encoder; ``report`` holds the figures."""
+class GateFailed(MstError):
+    """An exported variant does not match the PyTorch encoder; ``report`` holds the figures.
+    Nothing is written (the export folder is only renamed into place when every gate passes)."""
+
+    exit_code = EXIT_GATE_FAILED
 
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
         self.report = report
+
+    def details(self) -> str:
+        import json
+
+        return json.dumps(self.report, indent=2, default=str)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mst5_dist import layout
 from mst5_dist.model import META_FILE, T5_FAMILY, ModelError, SentenceEncoder, pool
 
 MERGE_TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings, merged vs unmerged
@@ -23,9 +24,7 @@ T5_MAX_POSITIONS = 512  # T5 has relative positions (no hard limit); 512 is its 
 
 def resolve_model_dir(path: str | Path) -> Path:
     """A training output (a run dir holding ``final/``) or a ``final/``-style dir itself, checked."""
-    from mst5_dist.evaluate.embedder import resolve_model_dir as final_dir
-
-    path = final_dir(path)
+    path = layout.resolve_model_dir(path)
     if not path.is_dir():
         raise ModelError(f"{path}: no such model folder")
     if not any((path / f).is_file() for f in (META_FILE, "config.json", "adapter_config.json")):

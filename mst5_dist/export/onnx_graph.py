@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mst5_dist.errors import BadInput
+
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
 EXTERNAL_DATA = "model.onnx_data"  # one stable name, the one sentence-transformers/optimum use
@@ -22,7 +24,7 @@ EXTERNAL_DATA = "model.onnx_data"  # one stable name, the one sentence-transform
 INLINE_LIMIT_BYTES = 1_500_000_000
 
 
-class ExportError(RuntimeError):
+class ExportError(BadInput):
     """The export could not be produced or is malformed; the message says why."""
 
 

@@ -7,13 +7,12 @@ that looks like a good one.
 
 from __future__ import annotations
 
-import json
+import logging
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from mst5_dist.atomic import atomic_dir
 from mst5_dist.export import gate as gate_mod
 from mst5_dist.export import merge as merge_mod
 from mst5_dist.export.onnx_graph import EmbeddingWrapper, ExportError, export_onnx, model_files
@@ -21,12 +20,10 @@ from mst5_dist.export.precision import check_fp16_islands, fp16_plan, quantize_i
 from mst5_dist.export.probes import MAX_PROBE_TOKENS, build_probe
 from mst5_dist.export.runtime import REPORT_FILE, fingerprint
 from mst5_dist.export.tensorrt_ops import check_tensorrt_ops
+from mst5_dist.files import atomic_dir, write_json
 
+logger = logging.getLogger(__name__)
 VARIANT_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_qint8.onnx"}
-
-
-def _log(msg: str) -> None:
-    print(f"[export] {msg}", flush=True)
 
 
 def _probe_limit(config) -> int:
@@ -50,8 +47,6 @@ def export_model(
     thresholds: dict[str, gate_mod.Thresholds] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (training output or final-style dir) to ``output``; return the report."""
-    import torch
-
     if dtype not in ("fp32", "fp16"):
         raise ExportError(f"--dtype {dtype}: use fp32 or fp16")
     if quantize not in (None, "int8"):
@@ -61,27 +56,52 @@ def export_model(
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        report = _export_into(src, tmp, dtype, quantize, opset, triton, thresholds or {}, torch)
-        report["seconds"] = round(time.perf_counter() - t0, 2)
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _log(f"export written to {out} ({report['seconds']} s)")
+    try:
+        with atomic_dir(out) as tmp:
+            report = _export_into(src, tmp, dtype, quantize, opset, triton, thresholds or {})
+            report["seconds"] = round(time.perf_counter() - t0, 2)
+            write_json(tmp / REPORT_FILE, report)
+    except gate_mod.GateFailed as e:
+        raise gate_mod.GateFailed(f"{e} (nothing written to {out})", e.report) from None
+    logger.info(f"[export] export written to {out} ({report['seconds']} s)")
     return report
 
 
-def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds, torch) -> dict[str, Any]:
-    _log(f"loading {src} in fp32")
-    encoder = merge_mod.load_encoder(src)
-    probe = build_probe(encoder.tokenizer, max_tokens=_probe_limit(encoder.backbone.config))
-    batches, longest = probe.batches, probe.longest
+class _Gater:
+    """Gates each variant against the reference outputs and keeps its figures for the report."""
 
-    def wrap(backbone):
-        return EmbeddingWrapper(backbone, encoder.pooling, encoder.normalize).eval()
+    def __init__(self, tmp: Path, probe, ref, thresholds: dict[str, gate_mod.Thresholds]) -> None:
+        self.tmp, self.probe, self.ref, self.thresholds = tmp, probe, ref, thresholds
+        self.variants: dict[str, Any] = {}
 
-    # Reference: the encoder exactly as trained (adapter unmerged).
-    ref = merge_mod.encoder_outputs(encoder, batches)
+    def __call__(self, variant: str, path: Path) -> dict[str, Any]:
+        rows = sum(len(b.rows) for b in self.probe.batches)
+        logger.info(f"[export] gating {variant} ({path.name}) on {rows} probe rows")
+        result = gate_mod.run_gate(variant, path, self.probe, self.ref, self.thresholds.get(variant))
+        files = model_files(path)
+        result.update(
+            {
+                "file": str(path.relative_to(self.tmp)),
+                "files": [str(f.relative_to(self.tmp)) for f in files],
+                "bytes": sum(f.stat().st_size for f in files),
+                "fingerprint": fingerprint(files),
+                "tensorrt": check_tensorrt_ops(path),
+            }
+        )
+        self.variants[variant] = result
+        logger.info(
+            f"[export] {variant}: max abs {result['embedding_max_abs']:.2e}, min cos {result['embedding_min_cos']:.7f}, "
+            f"retrieval {result['retrieval_top1_agreement']:.3f}: PASS"
+        )
+        return result
+
+
+def _merge_checked(encoder, probe, tmp: Path, src: Path) -> tuple[Any, dict[str, Any]]:
+    """Reference outputs of the encoder as trained (adapter unmerged), then the fp32 merge, checked
+    against them and saved as the merged checkpoint; returns (reference, merge info)."""
+    ref = merge_mod.encoder_outputs(encoder, probe.batches)
     merge_info = merge_mod.merge_adapter(encoder)
-    merged_out = merge_mod.encoder_outputs(encoder, batches)
+    merged_out = merge_mod.encoder_outputs(encoder, probe.batches)
     merge_metrics = gate_mod.compare(probe, ref, merged_out)
     merge_info["embedding_max_abs_vs_unmerged"] = merge_metrics["embedding_max_abs"]
     if not merge_metrics["embedding_max_abs"] <= merge_mod.MERGE_TOLERANCE:
@@ -90,69 +110,57 @@ def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds, tor
             f"(> {merge_mod.MERGE_TOLERANCE:g})",
             {"merge": merge_info},
         )
-    _log(f"merge: {merge_info}")
+    logger.info(f"[export] merge: {merge_info}")
     merge_mod.save_merged(encoder, tmp, source=src)
+    return ref, merge_info
 
+
+def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds) -> dict[str, Any]:
+    logger.info(f"[export] loading {src} in fp32")
+    encoder = merge_mod.load_encoder(src)
+    probe = build_probe(encoder.tokenizer, max_tokens=_probe_limit(encoder.backbone.config))
+    ref, merge_info = _merge_checked(encoder, probe, tmp, src)
+    gate = _Gater(tmp, probe, ref, thresholds)
     config = encoder.backbone.config
     pad_id = encoder.tokenizer.pad_token_id if encoder.tokenizer.pad_token_id is not None else 0
     vocab = int(getattr(config, "vocab_size", 1000))
-    variants: dict[str, Any] = {}
 
-    def gate(variant: str, path: Path) -> None:
-        _log(f"gating {variant} ({path.name}) on {sum(len(b.rows) for b in batches)} probe rows")
-        th = thresholds.get(variant)
-        result = gate_mod.run_gate(variant, path, probe, ref, th)
-        files = model_files(path)
-        result.update(
-            {
-                "file": str(path.relative_to(tmp)),
-                "files": [str(f.relative_to(tmp)) for f in files],
-                "bytes": sum(f.stat().st_size for f in files),
-                "fingerprint": fingerprint(files),
-                "tensorrt": check_tensorrt_ops(path),
-            }
-        )
-        variants[variant] = result
-        _log(
-            f"{variant}: max abs {result['embedding_max_abs']:.2e}, min cos {result['embedding_min_cos']:.7f}, "
-            f"retrieval {result['retrieval_top1_agreement']:.3f}: PASS"
-        )
+    def wrap(backbone):
+        return EmbeddingWrapper(backbone, encoder.pooling, encoder.normalize).eval()
 
     fp32_path = tmp / VARIANT_FILES["fp32"]
-    _log(f"exporting fp32 graph (opset {opset})")
+    logger.info(f"[export] exporting fp32 graph (opset {opset})")
     export_onnx(wrap(encoder.backbone), fp32_path, opset=opset, pad_id=pad_id, vocab_size=vocab)
     gate("fp32", fp32_path)
-
-    fp16_info = None
     if dtype == "fp16":
         path = tmp / VARIANT_FILES["fp16"]
-        half = wrap(fp16_plan(encoder.backbone))
-        _log("exporting fp16 graph (fp16 matmuls; norms, residuals, FFN output, pooling in fp32)")
-        export_onnx(half, path, opset=opset, pad_id=pad_id, vocab_size=vocab)
-        fp16_info = check_fp16_islands(path)
-        gate("fp16", path)
-        variants["fp16"]["islands"] = fp16_info
+        logger.info("[export] exporting fp16 graph (fp16 matmuls; norms, residuals, FFN output, pooling in fp32)")
+        export_onnx(wrap(fp16_plan(encoder.backbone)), path, opset=opset, pad_id=pad_id, vocab_size=vocab)
+        islands = check_fp16_islands(path)
+        gate("fp16", path)["islands"] = islands
     if quantize == "int8":
         path = tmp / VARIANT_FILES["int8"]
-        _log("quantising to int8 (dynamic, per-tensor QInt8)")
+        logger.info("[export] quantising to int8 (dynamic, per-tensor QInt8)")
         quantize_int8(fp32_path, path)
         gate("int8", path)
-
-    primary = dtype
-    hidden = encoder.embedding_dim
     if triton:
         from mst5_dist.export.triton import write_triton_repo
 
-        write_triton_repo(tmp / VARIANT_FILES[primary], tmp / "triton", name="mst5_encoder", hidden=hidden)
+        write_triton_repo(tmp / VARIANT_FILES[dtype], tmp / "triton", name="mst5_encoder", hidden=encoder.embedding_dim)
+    return _report(src, encoder, opset, merge_info, dtype, gate.variants, probe, triton)
 
+
+def _report(src, encoder, opset, merge_info, primary, variants, probe, triton) -> dict[str, Any]:
     import onnxruntime
+    import torch
     import transformers
 
+    hidden = encoder.embedding_dim
     return {
         "format_version": 1,
         "source": str(src),
         "base_model": encoder.base_model,
-        "model_type": config.model_type,
+        "model_type": encoder.backbone.config.model_type,
         "pooling": encoder.pooling,
         "normalize": encoder.normalize,
         "embedding_dim": hidden,
@@ -167,7 +175,7 @@ def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds, tor
         "shape_profile": {
             "min": [1, 1],
             "opt": [32, min(encoder.max_seq_length, 128)],
-            "max": [64, max(encoder.max_seq_length, longest)],
+            "max": [64, max(encoder.max_seq_length, probe.longest)],
         },
         "merge": merge_info,
         "primary_variant": primary,
@@ -176,7 +184,7 @@ def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds, tor
             "rows": variants["fp32"]["rows"],
             "items": probe.n_items,
             "retrieval_items": len(probe.retrieval),
-            "longest_tokens": longest,
+            "longest_tokens": probe.longest,
         },
         "versions": {
             "torch": torch.__version__,

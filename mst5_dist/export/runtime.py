@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from mst5_dist.errors import BadInput
 from mst5_dist.export.onnx_graph import model_files
+from mst5_dist.files import files_fingerprint
+from mst5_dist.layout import EXPORT_REPORT
 
-REPORT_FILE = "export_report.json"
+REPORT_FILE = EXPORT_REPORT
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -18,19 +20,14 @@ PROVIDERS = {
 }
 
 
-class ProviderUnavailable(RuntimeError):
+class ProviderUnavailable(BadInput):
     """The requested execution provider is not in this onnxruntime build."""
 
 
 def fingerprint(files: list[Path]) -> str:
     """sha256 over the bytes of the graph and its external data, streamed (content only, so a copy
     under another name, e.g. Triton's ``1/model.onnx``, has the same fingerprint)."""
-    h = hashlib.sha256()
-    for f in files:
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()
+    return files_fingerprint(files)
 
 
 def _max_seq_length(export_dir: Path, report: dict) -> int:
@@ -60,10 +57,10 @@ class OnnxEmbedder:
         report = json.loads(report_file.read_text(encoding="utf-8"))
         self.variant = variant or report["primary_variant"]
         if self.variant not in report["variants"]:
-            raise ValueError(f"{self.export_dir}: no '{self.variant}' variant (has {sorted(report['variants'])})")
+            raise BadInput(f"{self.export_dir}: no '{self.variant}' variant (has {sorted(report['variants'])})")
         self.model_path = self.export_dir / report["variants"][self.variant]["file"]
         if provider not in PROVIDERS:
-            raise ValueError(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
+            raise BadInput(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
         available = ort.get_available_providers()
         wanted = PROVIDERS[provider][0]
         if wanted not in available:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import torch
 
+from mst5_dist import distributed, objectives
 from mst5_dist.config import load_config
-from mst5_dist.data import TripletCollator, read_jsonl
+from mst5_dist.data import BatchCollator, read_jsonl
 from mst5_dist.tiny_default import builtin_path
-from mst5_dist.train import build_encoder, compute_loss, configure_deepspeed, setup_accelerator
+from mst5_dist.training.builders import build_encoder, configure_deepspeed, setup_accelerator
+from mst5_dist.training.step import compute_loss
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,20 +67,22 @@ def main() -> None:
     cases = [(c, h) for c in map(int, args.chunks.split(",")) for h in ([True, False] if A == 1 else [True])]
     for chunk, hard in cases:
         cfg.loss.hard_negatives, cfg.loss.cache_chunk_size = hard, chunk or None
-        collator = TripletCollator(encoder.tokenizer, 64, hard)
+        objective = objectives.build(cfg)
+        gather = distributed.Gather(cfg.loss.gather_across_ranks)
+        collator = BatchCollator(encoder.tokenizer, 64, objective)
         losses = []
         for micro in range(A):
             batch = collator(rows[micro * G : (micro + 1) * G][rank * local : (rank + 1) * local])
             if deepspeed:
                 # The engine itself: accelerator.backward would also run engine.step() at the
                 # boundary, and the gradients must be read between backward and step.
-                loss = compute_loss(model, batch, cfg, accelerator.device)
+                loss = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
                 model.backward(loss)
                 if micro < A - 1:
                     model.step()  # not a boundary: only advances DeepSpeed's micro-step counter
             else:
                 with accelerator.accumulate(model):
-                    loss = compute_loss(model, batch, cfg, accelerator.device)
+                    loss = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
                     accelerator.backward(loss)
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
         if deepspeed:
@@ -97,7 +101,6 @@ def main() -> None:
     if accelerator.is_main_process:
         torch.save(results, args.out)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     # The results are on disk and every rank passed the barrier. Under heavy CPU load a ZeRO-3 rank
     # once aborted in interpreter teardown ("terminate called without an active exception", a
     # background thread destroyed at exit): not what this probe measures, so leave without teardown.
@@ -107,4 +110,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with distributed.process_group():  # the probe is its own entry point (main leaves by os._exit)
+        main()

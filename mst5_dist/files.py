@@ -1,0 +1,140 @@
+"""File helpers every layer uses: atomic writes, JSON, content digests. Standard library only.
+
+Atomic means finished-or-absent: a file is written as ``NAME.tmp`` (or a unique temp name) and
+renamed over ``NAME``; a folder is built as ``NAME.tmp`` and renamed into place, so a reader never
+finds a half-written file or folder under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a unique temp file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: readers see the old content or the new, never half."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Plain (non-atomic) JSON write, for files inside a folder that is itself renamed into place."""
+    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_or_none(path: Path) -> Any:
+    """The parsed file, or None when it is missing or not valid JSON."""
+    try:
+        return read_json(path) if Path(path).is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Objects of a JSON-lines file; a line cut short by a kill (the last one) is skipped."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield an empty ``out.tmp``; on normal exit it replaces ``out``, on any exception it is removed."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# Files larger than this are fingerprinted by size + head + tail instead of a full read: hashing a
+# 50 GB mt5-xxl checkpoint on every evaluation would cost minutes.
+_FULL_HASH_LIMIT = 64 << 20
+_PARTIAL_CHUNK = 4 << 20
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    if size <= _FULL_HASH_LIMIT:
+        return file_sha256(path)
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(_PARTIAL_CHUNK))
+        f.seek(size - _PARTIAL_CHUNK)
+        h.update(f.read(_PARTIAL_CHUNK))
+    return "partial:" + h.hexdigest()
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """sha256 over (relative name, content digest) of every file in a model folder.
+
+    Paths and mtimes are left out on purpose: a copied or moved model keeps its fingerprint, so its
+    cached embeddings stay valid. A hub name (no local folder) is fingerprinted by the name only.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return "name:" + hashlib.sha256(str(path).encode()).hexdigest()
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel.startswith(("checkpoints/", "onnx/", ".")) or "/." in rel:
+            continue
+        h.update(rel.encode() + b"\0" + _file_digest(file).encode() + b"\n")
+    return h.hexdigest()
+
+
+def files_fingerprint(files: list[Path]) -> str:
+    """sha256 over the bytes of ``files`` in order (an ONNX graph and its external data)."""
+    h = hashlib.sha256()
+    for f in files:
+        with Path(f).open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

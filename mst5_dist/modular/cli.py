@@ -1,0 +1,45 @@
+"""``mst5 train-modular`` and ``python -m mst5_dist.modular`` (so ``accelerate launch -m
+mst5_dist.modular ...`` works): every stage of a modular model in one launch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mst5_dist.commands import standalone_main
+from mst5_dist.errors import Interrupted, run_command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", required=True, help="YAML config with a modular: section (see configs/modular-tiny.yaml)"
+    )
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. modular.languages=[en,de]")
+    p.add_argument("--stages", default="language,cla", help="which stages to run (default: language,cla)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted stage from its latest checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    def job() -> None:
+        from mst5_dist import distributed
+        from mst5_dist.config import load_config
+        from mst5_dist.modular.manifest import MANIFEST
+        from mst5_dist.modular.pipeline import train_modular
+
+        cfg = load_config(args.config, args.overrides)
+        try:
+            with distributed.process_group():  # one process group for all stages
+                out = train_modular(cfg, stages=[s for s in args.stages.split(",") if s], resume=args.resume)
+        except Interrupted as e:
+            raise Interrupted(f"{e} (train-modular: rerun with --resume)") from e
+        print(f"modular model in {out} ({MANIFEST})")
+
+    return run_command("mst5 train-modular", job)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone_main("python -m mst5_dist.modular", __doc__.splitlines()[0], add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The m-ST5 training recipe, read top to bottom::
+
+    train(cfg) = setup -> resume -> loop -> save -> cleanup
+
+One process, one GPU, DDP or DeepSpeed ZeRO: the same code. The process group belongs to the entry
+point that launched the run (``distributed.process_group``); ``train`` neither creates nor destroys
+it, so ``train-modular`` runs several of them in one process. Cross-rank negatives come from the
+objective's loss through ``distributed.Gather``; the sampler gives every rank an equal slice of a
+global batch; checkpoints are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mst5_dist import distributed, objectives
+from mst5_dist.config import Config, save_config
+from mst5_dist.errors import Interrupted
+from mst5_dist.layout import CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
+from mst5_dist.lora import count_parameters
+from mst5_dist.training import builders, checkpoint, metrics
+from mst5_dist.training.checkpoint import TrainState
+from mst5_dist.training.evaluation import PeriodicEval
+from mst5_dist.training.signals import StopRequest
+from mst5_dist.training.step import train_step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything ``setup`` built; the loop reads it, nothing in it changes after setup."""
+
+    cfg: Config
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    objective: Any
+    dataset: Any
+    sampler: Any
+    collator: Any
+    gather: distributed.Gather
+    evaluator: PeriodicEval
+    epoch_batches: list[int]
+    total_steps: int
+    total_params: int
+    output_dir: Path
+    stop: StopRequest
+
+
+def train(cfg: Config, resume: str | None = None) -> Path:
+    """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``errors.Interrupted`` after a stop signal."""
+    run = setup(cfg)
+    state = resume_from(run, resume)
+    open_output(run)
+    try:
+        loop(run, state)
+        return save(run, state)
+    finally:
+        cleanup(run)
+
+
+def setup(cfg: Config) -> Run:
+    """Build everything; nothing is written until the data and the model have loaded without error."""
+    from accelerate.utils import set_seed
+
+    objective = objectives.build(cfg)  # checks the objective's settings before anything loads
+    accelerator = builders.setup_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    encoder = builders.build_encoder(cfg)
+    trainable, total = count_parameters(encoder)
+    logger.info(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / max(total, 1):.3f}%)")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    dataset, sampler, collator = builders.build_data(cfg, encoder, objective, world, rank, accelerator.device)
+    epoch_batches, total_steps = builders.plan_steps(cfg, sampler, len(dataset))
+    logger.info(
+        f"data: {len(dataset)} triplets, {epoch_batches[0]} global batches of {cfg.train.batch_size} in epoch 0 "
+        f"({sampler.dropped} rows left out), {world} process(es), {total_steps} optimizer steps"
+    )
+    evaluator = PeriodicEval(cfg)
+    optimizer, scheduler = builders.build_optimizer(cfg, encoder, total_steps)
+    builders.configure_deepspeed(accelerator, cfg, sampler.local_batch, encoder.embedding_dim)
+    model, optimizer = accelerator.prepare(encoder, optimizer)
+    checkpoint.register_state(accelerator, model, scheduler, cfg)
+    return Run(
+        cfg, accelerator, model, optimizer, scheduler, objective, dataset, sampler, collator,
+        distributed.Gather(cfg.loss.gather_across_ranks), evaluator, epoch_batches, total_steps, total,
+        Path(cfg.train.output_dir), StopRequest(),
+    )  # fmt: skip
+
+
+def resume_from(run: Run, resume: str | None) -> TrainState:
+    """The state to start from: a fresh one, or the one of the checkpoint ``--resume`` names."""
+    state = TrainState()
+    if resume:
+        ckpt = checkpoint.find_resume_checkpoint(run.output_dir, resume)
+        if ckpt is None:
+            logger.info(f"--resume {resume}: no checkpoint in {run.output_dir / CHECKPOINTS}, starting from scratch")
+        else:
+            state = checkpoint.load_checkpoint(run.accelerator, run.cfg, ckpt)
+            logger.info(f"resumed from {ckpt} at step {state.step}")
+    run.evaluator.resume(run.output_dir, state.step)
+    return state
+
+
+def open_output(run: Run) -> None:
+    """The output folder, its ``config.yaml`` and the trackers; stop signals are caught from here on."""
+    if run.accelerator.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run.cfg, run.output_dir / CONFIG_FILE)
+    if run.cfg.train.tensorboard:
+        run.accelerator.init_trackers("tensorboard")
+    run.stop.install()
+
+
+def epoch_loader(run: Run, state: TrainState):
+    """An iterator over this rank's batches from where ``state`` stands (moving to the next epoch
+    when the current one is used up)."""
+    from torch.utils.data import DataLoader
+
+    if state.batch_in_epoch >= run.epoch_batches[state.epoch]:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    run.sampler.set_epoch(state.epoch, state.batch_in_epoch)
+    # A private generator: creating a DataLoader iterator draws from the global torch RNG, which
+    # would shift the dropout masks of a resumed run against an uninterrupted one.
+    return iter(
+        DataLoader(run.dataset, batch_sampler=run.sampler, collate_fn=run.collator, generator=torch.Generator())
+    )
+
+
+def loop(run: Run, state: TrainState) -> None:
+    """Optimizer steps until ``total_steps``: step, log, evaluate, and checkpoint when asked or stopped."""
+    from tqdm.auto import tqdm
+
+    cfg, accelerator = run.cfg, run.accelerator
+    progress = tqdm(
+        total=run.total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress_bar)
+    )
+    run.model.train()
+    while state.step < run.total_steps:
+        loader = epoch_loader(run, state)
+        while state.step < run.total_steps and state.batch_in_epoch < run.epoch_batches[state.epoch]:
+            start = time.perf_counter()
+            sums, grad_norm = train_step(run, loader)
+            state.batch_in_epoch += cfg.train.grad_accum_steps
+            state.step += 1
+            record = log_step(run, state, sums, grad_norm, time.perf_counter() - start)
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            if distributed.any_rank(run.stop.requested, accelerator.device):
+                path = checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir)
+                progress.close()
+                raise Interrupted(
+                    f"stopped by signal at step {state.step}; checkpoint {path}; rerun with --resume latest"
+                )
+            if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < run.total_steps:
+                checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir)
+    progress.close()
+
+
+def log_step(run: Run, state: TrainState, sums: metrics.StepSums, grad_norm, elapsed: float) -> dict[str, Any]:
+    """The step's record: reduced over ranks, evaluated when due, written to train_log.jsonl."""
+    cfg, accelerator = run.cfg, run.accelerator
+    reduced = accelerator.reduce(sums.values, reduction="sum").cpu()
+    record = metrics.step_record(
+        step=state.step, epoch=state.epoch, sums=reduced, grad_norm=grad_norm, lr=run.scheduler.get_last_lr()[0],
+        elapsed=elapsed, world=accelerator.num_processes, accum=cfg.train.grad_accum_steps,
+        total_params=run.total_params, peak_flops=metrics.peak_bf16_flops(),
+    )  # fmt: skip
+    logged = state.step % cfg.train.log_every == 0
+    if logged:  # a collective: every rank takes the same branch
+        per_rank = accelerator.gather(torch.tensor([record["peak_memory_mb"]], device=accelerator.device))
+        record["peak_memory_mb_per_rank"] = [round(float(m), 1) for m in per_rank.cpu()]
+    if run.evaluator.due(state.step, run.total_steps):
+        run.evaluator.run(accelerator, run.model, run.output_dir, record)
+    if accelerator.is_main_process and logged:
+        import json
+
+        with (run.output_dir / TRAIN_LOG).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    if cfg.train.tensorboard:
+        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
+    return record
+
+
+def save(run: Run, state: TrainState) -> Path:
+    """The last checkpoint and ``final/`` (all ranks: ZeRO-3 gathers the adapter first)."""
+    checkpoint.save_checkpoint(run.accelerator, run.cfg, state, run.output_dir)
+    final = checkpoint.save_final(run.accelerator, run.model, run.cfg, run.output_dir)
+    logger.info(f"done: {state.step} steps, model in {final}")
+    run.accelerator.wait_for_everyone()
+    return final
+
+
+def cleanup(run: Run) -> None:
+    """Flush the trackers and give the signal handlers back (local operations, safe on the way out
+    of a failed run too)."""
+    for tracker in run.accelerator.trackers:
+        tracker.finish()
+    run.stop.restore()

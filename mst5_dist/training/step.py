@@ -1,0 +1,62 @@
+"""One optimizer step: for each accumulation micro-batch, encode, take the objective's loss,
+backward; then clip (or let DeepSpeed clip) and step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mst5_dist.config import Config
+from mst5_dist.gradcache import chunked_embeddings
+from mst5_dist.training.metrics import StepSums
+
+
+def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, gather) -> torch.Tensor:
+    """Every text of the batch is encoded together (one forward, or GradCache chunks); the
+    objective turns the embeddings into its loss."""
+    batch = to_device(batch, device)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if cfg.loss.cache_chunk_size:
+        emb = chunked_embeddings(model, ids, mask, cfg.loss.cache_chunk_size)
+    else:
+        emb = model(ids, mask)
+    return objective.loss(emb, batch, gather)
+
+
+def clip_gradients(accelerator, model, cfg: Config) -> float | None:
+    """Global grad norm BEFORE clipping (None under DeepSpeed, which clips in its own step)."""
+    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    return None if norm is None else float(norm)
+
+
+def deepspeed_grad_norm(model) -> float | None:
+    get = getattr(model, "get_global_grad_norm", None)
+    norm = get() if get else None
+    return None if norm is None else float(norm)
+
+
+def train_step(run, loader) -> tuple[StepSums, float | None]:
+    """``grad_accum_steps`` micro-batches from ``loader`` and one optimizer step."""
+    accelerator, model, optimizer, cfg = run.accelerator, run.model, run.optimizer, run.cfg
+    sums = StepSums(accelerator.device)
+    grad_norm = None
+    for _ in range(cfg.train.grad_accum_steps):
+        batch = next(loader)
+        with accelerator.accumulate(model):
+            loss = compute_loss(model, batch, run.objective, cfg, accelerator.device, run.gather)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = clip_gradients(accelerator, model, cfg)
+            optimizer.step()
+            optimizer.zero_grad()
+        sums.add(loss, batch)
+    run.scheduler.step()
+    if grad_norm is None:  # DeepSpeed clips inside its step and keeps the norm
+        grad_norm = deepspeed_grad_norm(model)
+    return sums, grad_norm
