@@ -11,7 +11,7 @@ import os
 import sys
 
 from mst5_dist import logs
-from mst5_dist.commands import AddArguments, Run, add_command
+from mst5_dist.commands import AddArguments, Run, add_command, exit_now, parse
 from mst5_dist.errors import run_command
 
 
@@ -67,12 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+TRAINING_COMMANDS = ("train", "train-modular")
+
+
+def main(argv: list[str] | None = None, *, keep_signal_handlers: bool = False) -> int:
+    """Run one ``mst5`` command; returns its exit code. In-process callers get their signal handlers
+    back; the console script keeps ours until the process ends (``console``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    logs.configure(args.log_level, all_ranks=args.log_all_ranks)
-    return args.func(args)
+    from mst5_dist.training.signals import STOP
+
+    # First thing, before the imports of torch and the data loading: a stop signal in the first
+    # seconds of a training command is a clean stop (exit 75 with a message), not a death by signal.
+    STOP.install()
+    try:
+        args = parse(build_parser(), argv)
+        if args.command not in TRAINING_COMMANDS:
+            STOP.release()  # other commands keep the usual Ctrl-C
+        logs.configure(args.log_level, all_ranks=args.log_all_ranks)
+        return args.func(args)
+    finally:
+        if not keep_signal_handlers:
+            STOP.restore()
+
+
+def console() -> int:
+    """The ``mst5`` executable. A training command keeps our signal handlers to the end and leaves
+    without the interpreter's teardown (``commands.exit_now``): a late signal (a second Ctrl-C while
+    the process winds down) cannot replace the exit code and last line the command gave."""
+    code = main(keep_signal_handlers=True)
+    if len(sys.argv) > 1 and sys.argv[1] in TRAINING_COMMANDS:
+        exit_now(code)
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -22,11 +22,40 @@ def add_command(sub, name: str, help_text: str, add_arguments: AddArguments, run
     return p
 
 
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``parse_args``, but ``section.key=value`` overrides may also follow options
+    (``mst5 train --config C --resume latest optim.lr=1e-4``): argparse alone stops collecting
+    positionals at the first option and rejects the rest."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def standalone_main(prog: str, description: str, add_arguments: AddArguments, run: Run, argv=None) -> int:
     """``python -m MODULE ...``: the same arguments as the subcommand, logging configured, then run."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     logs.add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logs.configure(args.log_level, all_ranks=args.log_all_ranks)
     return run(args)
+
+
+def exit_now(code: int) -> None:
+    """End a training process with ``code`` once its work is done and reported: flush and leave
+    without the interpreter's teardown. That teardown takes seconds after a run (threads, torch,
+    Arrow maps), puts the default SIGINT disposition back part-way through, and so turned a late
+    second Ctrl-C into a death by signal (exit -2) after the run had already exited 75 in words;
+    DeepSpeed ranks have also aborted inside it ("terminate called without an active exception")."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

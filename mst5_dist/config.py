@@ -8,6 +8,7 @@ or a value of the wrong type, raises ``ConfigError`` naming the offending key (a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 
 from mst5_dist.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "with_overrides"]
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "validate", "with_overrides"]
 
 
 @dataclass
@@ -208,6 +209,12 @@ class TrainConfig:
     deepspeed_config: str | None = None
     """Path to a DeepSpeed JSON config (None: plain Accelerate / DDP)."""
 
+    collective_timeout_s: float = 600.0
+    """Seconds any collective (gradient all-reduce, metric reduce, barrier) waits for the other
+    ranks before this rank fails, naming the collective: a hung, stopped or dead rank ends the run
+    instead of blocking it. Long enough for rank 0's one-off work the others wait on (building the
+    data cache, verifying a checkpoint); NCCL enforces it by aborting the process."""
+
 
 @dataclass
 class EvalConfig:
@@ -286,6 +293,82 @@ class Config:
 # Loading
 
 
+# --------------------------------------------------------------------------------------------
+# Value limits, checked after the types: a run that cannot mean anything fails before it starts.
+
+
+def _min(lo: float) -> Any:
+    return (lambda v: v >= lo), f"must be >= {lo:g}"
+
+
+def _positive() -> Any:
+    return (lambda v: math.isfinite(v) and v > 0), "must be a finite number > 0"
+
+
+def _non_negative() -> Any:
+    return (lambda v: math.isfinite(v) and v >= 0), "must be a finite number >= 0"
+
+
+def _fraction() -> Any:
+    return (lambda v: 0 <= v < 1), "must be in [0, 1)"
+
+
+LIMITS: dict[str, Any] = {
+    "model.max_seq_length": _min(1),
+    "model.dropout": _fraction(),
+    "lora.r": _min(1),
+    "lora.alpha": _positive(),
+    "lora.dropout": _fraction(),
+    "data.max_rows": _min(1),
+    "data.bucket_batches": _min(1),
+    "loss.temperature": _positive(),
+    "loss.cache_chunk_size": _min(1),
+    "optim.lr": _positive(),
+    "optim.weight_decay": _non_negative(),
+    "optim.eps": _positive(),
+    "optim.warmup_ratio": _fraction(),
+    "optim.max_grad_norm": _non_negative(),
+    "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "must be two numbers in [0, 1)"),
+    "train.batch_size": _min(1),
+    "train.grad_accum_steps": _min(1),
+    "train.epochs": _min(1),
+    "train.max_steps": _min(1),
+    "train.log_every": _min(1),
+    "train.save_every": _min(1),
+    "train.keep_checkpoints": _min(1),
+    "train.collective_timeout_s": _positive(),
+    "eval.every_steps": _min(1),
+    "eval.batch_size": _min(1),
+    "modular.parallel_max_rows": _min(1),
+}
+"""Checked by ``validate``: key -> (predicate, what the value must be). None passes (an unset option)."""
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ``ConfigError`` naming the first key whose value is outside its limits."""
+    for key, (ok, must) in LIMITS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and not ok(value):
+            raise _error(key, f"{must}, got {value!r}")
+    return cfg
+
+
+def check_world_size(cfg: Config, world_size: int) -> None:
+    """What can be checked before any process-group work: the global batch splits evenly over ranks."""
+    if cfg.train.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} does not divide by the {world_size} processes the launcher "
+            f"started (WORLD_SIZE): every rank takes an equal share of the global batch; use a multiple of {world_size}"
+        )
+
+
+def _error(key: str, msg: str) -> ConfigError:
+    e = ConfigError(f"{key}: {msg}")
+    e.key = key  # type: ignore[attr-defined]
+    return e
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -304,23 +387,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, opt, key)
             except ConfigError:
                 pass  # try the next option; the error below names the whole union
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise _error(key, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{key}: expected one of {list(get_args(tp))}, got {value!r}")
+            raise _error(key, f"expected one of {list(get_args(tp))}, got {value!r}")
         return value
     if origin is list:
         (item_tp,) = get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise _error(key, f"expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise _error(key, f"expected true/false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise _error(key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
@@ -329,13 +412,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise _error(key, f"expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise _error(key, f"expected a string, got {value!r}")
         return value
-    raise ConfigError(f"{key}: unsupported field type {tp}")
+    raise _error(key, f"unsupported field type {tp}")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -352,7 +435,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in known:
             where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown key '{where}' (known: {', '.join(sorted(known))})")
+            e = ConfigError(f"unknown key '{where}' (known: {', '.join(sorted(known))})")
+            e.key = where  # type: ignore[attr-defined]
+            raise e
     kwargs = {}
     for name, value in raw.items():
         tp = hints[name]
@@ -390,15 +475,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         raw = loaded or {}
+    from_command_line: dict[str, str] = {}  # key -> the override that set it, for error messages
     for item in overrides or []:
         (section, key), value = _parse_override(item)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"section '{section}' is not a mapping")
         raw[section][key] = value
+        from_command_line[f"{section}.{key}"] = item
     try:
-        return _build(Config, raw, "")
+        return validate(_build(Config, raw, ""))
     except ConfigError as e:
+        key = str(getattr(e, "key", "")).split("[")[0]
+        if key in from_command_line:  # the bad value came from the command line, not the file
+            raise ConfigError(f"command line: override '{from_command_line[key]}': {e}") from None
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
@@ -410,7 +500,7 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
         if section not in raw:
             raise ConfigError(f"override {item!r}: unknown section '{section}'")
         raw[section][key] = value
-    return _build(Config, raw, "")
+    return validate(_build(Config, raw, ""))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -86,9 +86,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, text
 
 
-def _open_existing(path: Path) -> Path:
+def _open_existing(path: Path, folder: bool = False) -> Path:
     if not path.exists():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'folder' if folder else 'file'} not found")
+    if folder and not path.is_dir():
+        raise DataError(f"{path}: not a folder (data.format=xnli reads a folder of {{split}}-{{lang}}.tsv files)")
+    if not folder and not path.is_file():
+        raise DataError(f"{path}: not a file (a folder? data.paths lists the input files)")
     return path
 
 
@@ -237,7 +241,7 @@ def read_xnli(
     (``cross_lingual=False``) or each in a randomly drawn language (mSimCSE)."""
     report = ReadReport()
     check = _RowChecker(report, skip_bad)
-    folder = _open_existing(folder)
+    folder = _open_existing(folder, folder=True)
     if not languages:
         languages = sorted(p.stem.split("-", 1)[1] for p in folder.glob(f"{split}-*.tsv"))
     if not languages:

@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from mst5_dist.errors import MstError
+
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -43,6 +45,7 @@ def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     collective: a hung or stopped rank makes the others fail after that long instead of waiting.
     """
     created = False
+    _TIMEOUT_S[0] = timeout_s
     if launched_world_size() > 1 and not (dist.is_available() and dist.is_initialized()):
         from accelerate import PartialState
 
@@ -56,6 +59,29 @@ def process_group(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
     if created and dist.is_initialized():
         dist.barrier()  # one DDP run aborted at exit (SIGABRT) without a last barrier
         dist.destroy_process_group()
+
+
+class CollectiveTimeout(MstError):
+    """A collective got no answer from the other ranks in time; the message says which one."""
+
+
+_TIMEOUT_S = [DEFAULT_TIMEOUT_S]
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn a collective's timeout (gloo raises it; a stopped or hung peer never answers) into one
+    line naming ``what`` this rank was waiting for, instead of a backend traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if is_distributed() and ("Timed out" in text or "timeout" in text.lower()):
+            raise CollectiveTimeout(
+                f"{what}: no answer from the other ranks within train.collective_timeout_s={_TIMEOUT_S[0]:g} s "
+                f"(rank {dist.get_rank()} of {dist.get_world_size()}: another rank hung, was stopped or died)"
+            ) from None
+        raise
 
 
 class Gather:
@@ -119,6 +145,24 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def from_main(fn):
+    """``fn()`` computed on rank 0 only and its (picklable) result handed to every rank: work all
+    ranks need once (verifying a checkpoint's files), without every rank reading everything."""
+    if not is_distributed():
+        return fn()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, fn())]
+        except Exception as e:  # every rank raises it, instead of the others waiting forever
+            box = [(False, e)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def launched_world_size() -> int:

@@ -68,18 +68,22 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def describe(exc: BaseException) -> str:
-    """The one line printed for ``exc`` after the program name."""
+    """The one line printed for ``exc`` after the program name (a multi-line message is joined)."""
     code = exit_code(exc)
     if code == EXIT_INTERRUPTED:
-        return f"interrupted: {exc}"
+        return f"interrupted: {_one_line(exc)}"
     if code == EXIT_ABORTED:
         return "aborted (second interrupt); last complete checkpoint kept"
-    if code in (EXIT_BAD_INPUT, EXIT_GATE_FAILED):
+    if code in (EXIT_BAD_INPUT, EXIT_GATE_FAILED) or isinstance(exc, MstError):
         if isinstance(exc, OSError) and exc.filename is not None:
             return f"error: {exc.filename}: {exc.strerror or exc}"
-        return f"error: {exc}"
-    return f"failed: {type(exc).__name__}: {exc}"
+        return f"error: {_one_line(exc)}"
+    return f"failed: {type(exc).__name__}: {_one_line(exc)}"
 
 
 def run_command(prog: str, fn: Callable[[], int | None]) -> int:
@@ -98,7 +102,7 @@ def run_command(prog: str, fn: Callable[[], int | None]) -> int:
         details = getattr(e, "details", None)
         if callable(details):
             print(details(), file=sys.stderr)
-        if code == EXIT_FAILED:
-            traceback.print_exc()
+        if not isinstance(e, MstError) and code == EXIT_FAILED:
+            traceback.print_exc()  # a failure nobody foresaw: the traceback is the report
         print(f"{prog}: {describe(e)}", file=sys.stderr, flush=True)
         return code

@@ -94,22 +94,32 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-# Files larger than this are fingerprinted by size + head + tail instead of a full read: hashing a
-# 50 GB mt5-xxl checkpoint on every evaluation would cost minutes.
-_FULL_HASH_LIMIT = 64 << 20
-_PARTIAL_CHUNK = 4 << 20
+# Hashing a 50 GB mt5-xxl checkpoint takes minutes, so the digest of a file this large is kept in a
+# memo keyed by (absolute path, size, mtime in ns, inode): a changed file gets a new key and is hashed
+# again in full. (Hashing only a file's ends, as before, missed edits in its middle.)
+_MEMO_LIMIT = 64 << 20
+
+
+def _digest_memo_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "mst5" / "file-digests.json"
 
 
 def _file_digest(path: Path) -> str:
-    size = path.stat().st_size
-    if size <= _FULL_HASH_LIMIT:
+    st = path.stat()
+    if st.st_size <= _MEMO_LIMIT:
         return file_sha256(path)
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(_PARTIAL_CHUNK))
-        f.seek(size - _PARTIAL_CHUNK)
-        h.update(f.read(_PARTIAL_CHUNK))
-    return "partial:" + h.hexdigest()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    memo_file = _digest_memo_path()
+    memo = read_json_or_none(memo_file) or {}
+    if key not in memo:
+        memo[key] = file_sha256(path)
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(memo_file, memo)
+        except OSError:  # a read-only home: the digest is still right, only not remembered
+            pass
+    return memo[key]
 
 
 def folder_fingerprint(path: str | Path) -> str:
@@ -138,3 +148,39 @@ def files_fingerprint(files: list[Path]) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def write_manifest(folder: Path, name: str) -> dict[str, Any]:
+    """``folder/name``: size and sha256 of every other file in ``folder`` (recursively), written
+    last, so a later reader can tell a complete, unchanged folder from a truncated or edited one."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != name
+    }
+    manifest = {"format_version": 1, "files": files}
+    write_json(folder / name, manifest)
+    return manifest
+
+
+def verify_manifest(folder: Path, name: str) -> str | None:
+    """None when every file of ``folder`` is the one its manifest lists (same set, sizes, sha256);
+    else one line naming the first file that differs and how."""
+    folder = Path(folder)
+    manifest = read_json_or_none(folder / name)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return f"{folder / name}: missing or unreadable"
+    listed: dict[str, dict[str, Any]] = manifest["files"]
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != name}
+    for rel in sorted(set(listed) - present):
+        return f"{folder / rel}: missing"
+    for rel in sorted(present - set(listed)):
+        return f"{folder / rel}: not in {name} (a file added after the checkpoint was written)"
+    for rel, want in sorted(listed.items()):
+        path = folder / rel
+        if path.stat().st_size != want.get("size"):
+            return f"{path}: {path.stat().st_size} bytes, {name} says {want.get('size')} (truncated or replaced)"
+        if file_sha256(path) != want.get("sha256"):
+            return f"{path}: content differs from its sha256 in {name} (overwritten or corrupted)"
+    return None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 
 from mst5_dist.config import LoraConfig
 from mst5_dist.distributed import numel
 from mst5_dist.families import family
 from mst5_dist.model import SentenceEncoder
+
+logger = logging.getLogger(__name__)
 
 
 def target_modules(model_type: str, cfg: LoraConfig) -> list[str] | str:
@@ -44,6 +48,10 @@ def enable_gradient_checkpointing(encoder: SentenceEncoder) -> None:
     backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(backbone, "enable_input_require_grads"):
         backbone.enable_input_require_grads()
+    on = [n for n, m in backbone.named_modules() if getattr(m, "gradient_checkpointing", False) is True]
+    if not on:  # a model class that ignores the request would silently keep every activation
+        raise RuntimeError(f"{type(backbone).__name__}: gradient checkpointing did not switch on in any module")
+    logger.info(f"gradient checkpointing: on in {len(on)} modules (activations recomputed in backward)")
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

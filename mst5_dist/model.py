@@ -89,7 +89,10 @@ def load_backbone(
     """The encoder stack only: ``*EncoderModel`` for T5-family configs, ``AutoModel`` otherwise."""
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{name_or_path}: not a model folder nor a reachable model name ({_first_line(e)})") from None
     if config.model_type in T5_FAMILY and dtype == "fp16":
         raise ModelError(
             f"{name_or_path}: fp16 is refused for {config.model_type} models (their activations "
@@ -115,8 +118,49 @@ def load_backbone(
     hf_logging.set_verbosity_error()
     try:
         return cls.from_pretrained(name_or_path, **kwargs)
+    except Exception as e:  # a truncated or foreign weights file: name it, not a traceback from safetensors
+        raise ModelError(f"{_weights_file(name_or_path)}: cannot load the model weights ({_first_line(e)})") from None
     finally:
         hf_logging.set_verbosity(level)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _weights_file(name_or_path: str) -> str:
+    folder = Path(name_or_path)
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return str(name_or_path)
+
+
+# Plain English: every real tokenizer of the models we train (mT5, XLM-R, BERT, MiniLM) covers it.
+_TOKENIZER_PROBE = ["The weather is nice today.", "A man is playing a guitar on the street.", "Where is the station?"]
+MAX_UNK_FRACTION = 0.2
+
+
+def check_tokenizer(tokenizer: Any, folder: str, vocab_rows: int | None = None) -> None:
+    """Refuse a tokenizer that does not round-trip real text (e.g. the 104-token T5 tokenizer
+    transformers builds for a folder without ``spiece.model``: every word becomes ``<unk>``), or
+    whose ids would index past the model's embedding table."""
+    ids = tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    flat = [i for row in ids for i in row]
+    unk = tokenizer.unk_token_id
+    n_unk = sum(i == unk for i in flat) if unk is not None else 0
+    if not flat or n_unk > MAX_UNK_FRACTION * len(flat):
+        raise ModelError(
+            f"{folder}: its tokenizer maps {n_unk} of {len(flat)} tokens of plain English text to "
+            f"{tokenizer.unk_token!r}: the tokenizer files (spiece.model / tokenizer.json / vocab.txt) are "
+            "missing or wrong"
+        )
+    if vocab_rows is not None and len(tokenizer) > vocab_rows:
+        raise ModelError(
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table only "
+            f"{vocab_rows} rows: tokenizer and weights do not belong together"
+        )
 
 
 def same_model(a: str, b: str) -> bool:
@@ -125,6 +169,52 @@ def same_model(a: str, b: str) -> bool:
         return True
     pa, pb = Path(a), Path(b)
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def stack_entry(adapter_dir: str, folder: Path | None) -> dict[str, Any]:
+    """How a saved model names an adapter merged under it: relative to the saved folder (a run
+    folder moved as a whole still works), absolute (the folder alone copied elsewhere still works),
+    and the sha256 of the adapter weights (whichever path is found must hold the same adapter)."""
+    from mst5_dist.files import file_sha256
+
+    adapter = Path(adapter_dir).resolve()
+    entry: dict[str, Any] = {"absolute": str(adapter)}
+    if folder is not None:
+        entry["path"] = os.path.relpath(adapter, Path(folder).resolve())
+    weights = adapter / ADAPTER_WEIGHTS
+    if weights.is_file():
+        entry["sha256"] = file_sha256(weights)
+    return entry
+
+
+def resolve_stack(meta: dict[str, Any], folder: Path) -> list[str]:
+    """The adapter folders recorded under ``meta["merged_adapters"]``, found from wherever the
+    model is loaded (relative to ``folder`` first, then the absolute path) and checked by sha256."""
+    from mst5_dist.files import file_sha256
+
+    out = []
+    for entry in meta.get("merged_adapters", []):
+        if isinstance(entry, str):  # format 1: relative to the folder only
+            entry = {"path": entry}
+        tried = []
+        for candidate in (Path(folder) / entry["path"] if "path" in entry else None, entry.get("absolute")):
+            if candidate is None:
+                continue
+            candidate = Path(candidate).resolve()
+            tried.append(str(candidate))
+            weights = candidate / ADAPTER_WEIGHTS
+            if weights.is_file() and entry.get("sha256") in (None, file_sha256(weights)):
+                out.append(str(candidate))
+                break
+        else:
+            raise ModelError(
+                f"{folder}: the adapter it was trained on top of is not found with the same weights "
+                f"(looked in {', '.join(tried)}); it is needed to rebuild the model"
+            )
+    return out
 
 
 def merge_adapter_stack(backbone: nn.Module, adapters: list[str], base: str) -> nn.Module:
@@ -214,22 +304,31 @@ class SentenceEncoder(nn.Module):
             settings["max_seq_length"] = max_seq_length
         use_fast = meta.get("tokenizer_use_fast", True) if tokenizer_use_fast is None else tokenizer_use_fast
 
-        # Stored relative to the folder, so a modular output directory can be moved as a whole.
-        stack = [str((path / p).resolve()) for p in meta.get("merged_adapters", [])] + list(merge_adapters or [])
+        new = [str(Path(p).resolve()) for p in merge_adapters or []]
         if meta.get("adapter"):
             from peft import PeftModel
 
+            # The adapter sits on its base with the recorded stack merged in: rebuild exactly that.
+            under = resolve_stack(meta, path)
+            stack = under + new
             base = meta["base_model"]
             backbone = load_backbone(base, dtype=dtype, attn_implementation=attn_implementation, dropout=dropout)
             backbone = merge_adapter_stack(backbone, stack, base)
             backbone = PeftModel.from_pretrained(backbone, str(path), is_trainable=is_trainable)
         else:
+            # Full weights already hold whatever was merged into them (recorded as provenance only):
+            # merging it again would add each update twice.
             base = meta.get("base_model") or str(name_or_path)
             backbone = load_backbone(
                 str(name_or_path), dtype=dtype, attn_implementation=attn_implementation, dropout=dropout
             )
-            backbone = merge_adapter_stack(backbone, stack, base)
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), use_fast=use_fast)
+            backbone = merge_adapter_stack(backbone, new, base)
+            stack = [e["absolute"] if isinstance(e, dict) else e for e in meta.get("merged_into_weights", [])] + new
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), use_fast=use_fast)
+        except (OSError, ValueError, TypeError) as e:
+            raise ModelError(f"{name_or_path}: cannot load its tokenizer ({_first_line(e)})") from None
+        check_tokenizer(tokenizer, str(name_or_path), backbone.get_input_embeddings().num_embeddings)
         return cls(
             backbone,
             tokenizer,
@@ -298,8 +397,9 @@ class SentenceEncoder(nn.Module):
             "embedding_dim": self.embedding_dim,
         }
         if self.merged_adapters:
-            where = (folder or Path.cwd()).resolve()
-            out["merged_adapters"] = [os.path.relpath(p, where) for p in self.merged_adapters]
+            entries = [stack_entry(p, folder) for p in self.merged_adapters]
+            # An adapter is reloaded on top of this stack; full weights already contain it.
+            out["merged_adapters" if self.has_adapter else "merged_into_weights"] = entries
         return out
 
     @property

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from mst5_dist.commands import standalone_main
+from mst5_dist.commands import exit_now, standalone_main
 from mst5_dist.errors import run_command
+from mst5_dist.training.signals import STOP
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,20 +26,22 @@ def run_train(args: argparse.Namespace) -> int:
 
     def job() -> None:
         from mst5_dist import distributed
-        from mst5_dist.config import load_config
+        from mst5_dist.config import check_world_size, load_config
         from mst5_dist.training.recipe import train
 
         cfg = load_config(args.config, args.overrides)
-        with distributed.process_group():
+        check_world_size(cfg, distributed.launched_world_size())  # before any process-group work
+        with distributed.process_group(cfg.train.collective_timeout_s):
             train(cfg, resume=args.resume)
 
     return run_command("mst5 train", job)
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOP.install()  # first thing: a stop signal while torch and the data load is a clean stop
     return standalone_main("python -m mst5_dist.train", __doc__.splitlines()[0], add_train_arguments, run_train, argv)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    exit_now(main())

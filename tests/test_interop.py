@@ -262,16 +262,6 @@ N_PAIRS = 200
 MTEB_TOLERANCE_X100 = 1e-2
 
 
-@pytest.fixture(scope="module")
-def tiny_onnx(tiny_base, tmp_path_factory) -> Path:
-    """The tiny mT5 through our export pipeline (fp32 graph, parity-gated)."""
-    from mst5_dist.export.pipeline import export_model
-
-    out = tmp_path_factory.mktemp("mteb-export") / "tiny-onnx"
-    export_model(tiny_base, out)
-    return out
-
-
 def sts17_task_from_files(pairs: dict, monkeypatch):
     """mteb's own STS17 task with its dataset injected from our files; loading from the Hub refused."""
     import mteb

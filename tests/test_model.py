@@ -115,7 +115,10 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_base):
         # passes compute the same function and the second one really recomputes in backward.
         enc.train()
         batch = enc.tokenize(MULTILINGUAL)
-        enc(batch["input_ids"], batch["attention_mask"]).pow(2).sum().backward()
+        emb = enc(batch["input_ids"], batch["attention_mask"])
+        # A fixed random projection: .pow(2).sum() of unit-length embeddings is a constant (zero gradient).
+        direction = torch.randn(emb.shape, generator=torch.Generator().manual_seed(3))
+        (emb * direction).sum().backward()
         grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.requires_grad and "lora_B" in n})
     # lora_B starts at zero (so lora_A gets no gradient yet); lora_B's gradient is non-zero
     assert grads[0].keys() == grads[1].keys() and grads[0]

@@ -3,6 +3,8 @@ trainer; the built-in objectives are what ``loss.objective`` selects; unknown na
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 from conftest import TINY_CONFIG, read_log
@@ -18,7 +20,7 @@ class SymmetricInfoNCE:
     positive -> anchor), no hard negatives. It counts what the trainer asks of it."""
 
     columns = ("anchor", "positive")
-    calls: dict[str, int] = {"setup": 0, "collate": 0, "loss": 0}
+    calls: ClassVar[dict[str, int]] = {"setup": 0, "collate": 0, "loss": 0}
 
     def __init__(self, cfg) -> None:
         self.temperature = cfg.loss.temperature

@@ -365,7 +365,9 @@ def test_main_address_is_the_first_nodes_slurm_address(two_node_cluster, monkeyp
     monkeypatch.setenv("SLURM_CONF", str(two_node_cluster))
     assert slurm.main_address({"SLURM_JOB_NODELIST": "n[1-2]"}) == "127.0.0.1"  # NodeAddr of n1
     assert slurm.main_address({"SLURM_JOB_NODELIST": "n[1-2]", "MASTER_ADDR": "10.0.0.5"}) == "10.0.0.5"
-    assert slurm.main_port({"SLURM_JOB_ID": "123"}) == slurm.main_port({"SLURM_JOB_ID": "123"}) == 20123
+    assert slurm.main_port({"SLURM_JOB_ID": "123"}) == 20123
+    assert slurm.main_port({"SLURM_JOB_ID": "20124"}) == 20124  # 20000 + id mod 20000: another job, another port
+    assert slurm.main_port({"SLURM_JOB_ID": "123", "MASTER_PORT": "29999"}) == 29999
 
 
 def test_supervisor_holds_an_early_signal_until_the_trainer_can_checkpoint(tiny_base, tmp_path):

@@ -77,15 +77,15 @@ class TorchEmbedder:
 
         path = resolve_model_dir(path)
         encoder = SentenceEncoder.from_pretrained(path)
-        fingerprint = folder_fingerprint(path)
+        parts = [folder_fingerprint(path)]
         meta_file = path / META_FILE
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            # A LoRA adapter folder names its base: the base's bytes are part of the model too.
-            if meta.get("adapter") and meta.get("base_model"):
-                fingerprint = hashlib.sha256(
-                    (fingerprint + folder_fingerprint(meta["base_model"])).encode()
-                ).hexdigest()
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        # A LoRA adapter folder names its base, and may sit on merged adapters: their bytes are part
+        # of the model too (retraining a language module must not reuse its CLA adapter's vectors).
+        if meta.get("adapter") and meta.get("base_model"):
+            parts.append(folder_fingerprint(meta["base_model"]))
+        parts += [folder_fingerprint(p) for p in encoder.merged_adapters if meta.get("adapter")]
+        fingerprint = parts[0] if len(parts) == 1 else hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return cls(encoder, fingerprint, **kwargs)
 
     def token_lengths(self, texts: list[str]) -> list[int]:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from mst5_dist.errors import BadInput
 from mst5_dist.evaluate.embedder import encode_routed
@@ -234,8 +233,9 @@ def spearman_x100(a: Any, b: Any, gold: list[float]) -> float:
 
 def paired_cosine(a: Any, b: Any) -> np.ndarray:
     """Row-wise cosine in float64: float32 rounding turns near-equal cosines into spurious ties."""
-    a = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)).astype(np.float64)
-    b = (b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)).astype(np.float64)
+    # torch tensors or arrays (no torch import here: `mst5 --help` should not pay for it)
+    a = (a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)).astype(np.float64)
+    b = (b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)).astype(np.float64)
     norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return np.einsum("ij,ij->i", a, b) / norms
 

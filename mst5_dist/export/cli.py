@@ -4,12 +4,14 @@ input / arguments, 3 parity gate failed (nothing left under OUTPUT), 1 anything 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from mst5_dist.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInput, run_command
+from mst5_dist.files import atomic_write_bytes
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "read_texts", "run_embed", "run_export"]
 
@@ -59,22 +61,33 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
+    """One text per line (``.txt``), or per JSON line (a string or ``{field: str}``); a bad line is
+    an error naming the file, line and field."""
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     texts = []
-    with path.open(encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise BadInput(f"{path}:{n}: bytes that are not valid UTF-8 (at byte {e.start})") from None
+            if path.suffix != ".jsonl":
+                texts.append(line)
+                continue
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                if isinstance(row, dict):
-                    if not isinstance(row.get(field), str):
-                        raise BadInput(f"{path}:{n}: field '{field}' missing or not a string")
-                    row = row[field]
-                if not isinstance(row, str):
-                    raise BadInput(f"{path}:{n}: expected a string or an object with '{field}'")
-                texts.append(row)
-        else:
-            texts = f.read().splitlines()
+            except json.JSONDecodeError as e:
+                raise BadInput(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if isinstance(row, dict):
+                if not isinstance(row.get(field), str):
+                    raise BadInput(f"{path}:{n}: field '{field}' missing or not a string")
+                row = row[field]
+            if not isinstance(row, str):
+                raise BadInput(f"{path}:{n}: expected a string or an object with '{field}'")
+            texts.append(row)
     return texts
 
 
@@ -99,9 +112,15 @@ def _embed(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, str]
 
 def run_embed(args: argparse.Namespace) -> int:
     def job() -> None:
+        out_dir = Path(args.output).resolve().parent
+        if not out_dir.is_dir():  # checked before the work, not after every embedding is computed
+            raise BadInput(f"--output {args.output}: folder {out_dir} does not exist")
         texts = read_texts(Path(args.input), args.field)
         emb, served_by = _embed(args, texts)
-        np.save(args.output, emb)
+        out = Path(args.output if str(args.output).endswith(".npy") else f"{args.output}.npy")  # np.save's rule
+        buf = io.BytesIO()
+        np.save(buf, emb)
+        atomic_write_bytes(out, buf.getvalue())  # a killed run leaves no half-written .npy
         print(f"{len(texts)} embeddings ({emb.shape[1]} dims, {served_by}, {args.provider}) -> {args.output}")
 
     return run_command("mst5 embed", job)

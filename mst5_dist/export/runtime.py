@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mst5_dist.errors import BadInput
+from mst5_dist.errors import BadInput, ModelError
 from mst5_dist.export.onnx_graph import model_files
 from mst5_dist.files import files_fingerprint
 from mst5_dist.layout import EXPORT_REPORT
@@ -71,6 +71,15 @@ class OnnxEmbedder:
             )
         self.provider = provider
         self.fingerprint = fingerprint(model_files(self.model_path))
+        recorded = report["variants"][self.variant].get("fingerprint")
+        if recorded != self.fingerprint:
+            # The graph was replaced or edited after the parity gate passed it: what would run is
+            # not what was checked (a graph copied in from another run embedded with exit 0).
+            raise ModelError(
+                f"{self.model_path}: sha256 {self.fingerprint[:16]}... differs from the one {REPORT_FILE} recorded "
+                f"when it passed the parity gate ({str(recorded)[:16]}...): the file was changed after export; "
+                "export again"
+            )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(

@@ -1,9 +1,9 @@
 """``python -m mst5_dist.modular``: see ``mst5_dist.modular.cli``."""
 
 import os
-import sys
 
+from mst5_dist.commands import exit_now
 from mst5_dist.modular.cli import main
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.exit(main())
+exit_now(main())

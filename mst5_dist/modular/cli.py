@@ -4,10 +4,10 @@ mst5_dist.modular ...`` works): every stage of a modular model in one launch."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mst5_dist.commands import standalone_main
+from mst5_dist.commands import exit_now, standalone_main
 from mst5_dist.errors import Interrupted, run_command
+from mst5_dist.training.signals import STOP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,13 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     def job() -> None:
         from mst5_dist import distributed
-        from mst5_dist.config import load_config
+        from mst5_dist.config import check_world_size, load_config
         from mst5_dist.modular.manifest import MANIFEST
         from mst5_dist.modular.pipeline import train_modular
 
         cfg = load_config(args.config, args.overrides)
+        check_world_size(cfg, distributed.launched_world_size())
         try:
-            with distributed.process_group():  # one process group for all stages
+            with distributed.process_group(cfg.train.collective_timeout_s):  # one for all stages
                 out = train_modular(cfg, stages=[s for s in args.stages.split(",") if s], resume=args.resume)
         except Interrupted as e:
             raise Interrupted(f"{e} (train-modular: rerun with --resume)") from e
@@ -38,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    STOP.install()  # first thing: a stop signal while torch and the data load is a clean stop
     return standalone_main("python -m mst5_dist.modular", __doc__.splitlines()[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -18,7 +18,7 @@ import torch
 from mst5_dist.errors import ModelError
 from mst5_dist.files import folder_fingerprint, read_json
 from mst5_dist.layout import META_FILE
-from mst5_dist.model import SentenceEncoder, load_backbone, same_model
+from mst5_dist.model import SentenceEncoder, load_backbone, resolve_stack, same_model
 from mst5_dist.modular.manifest import MANIFEST, read_manifest
 
 
@@ -80,7 +80,7 @@ class ModularEncoder:
                     raise ModelError(f"{folder}: {key}={meta[key]!r} differs from the pivot module's {first[key]!r}")
             if stage == "cla":
                 # The CLA adapter was trained on top of exactly this language module.
-                under = [str((folder / p).resolve()) for p in meta.get("merged_adapters", [])]
+                under = resolve_stack(meta, folder)
                 if under != [str(metas[(lang, "language")][0].resolve())]:
                     raise ModelError(f"{folder}: trained on {under}, not on {lang}'s language module")
         backbone = load_backbone(base, dtype=dtype)

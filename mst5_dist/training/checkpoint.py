@@ -10,7 +10,10 @@ only trainable tensors: the frozen base (18 GB for mt5-xxl in fp32) is reloaded 
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,15 @@ from typing import Any
 import torch
 
 from mst5_dist import distributed
-from mst5_dist.config import Config, load_config, save_config
-from mst5_dist.errors import ConfigError
-from mst5_dist.files import write_json
+from mst5_dist.config import Config, save_config
+from mst5_dist.errors import BadInput, ConfigError
+from mst5_dist.files import read_json, verify_manifest, write_json, write_manifest
 from mst5_dist.layout import (
     CHECKPOINT_CONFIG,
+    CHECKPOINT_MANIFEST,
     CHECKPOINTS,
     FINAL_DIR,
+    SCHEDULER_FILE,
     STATE_FILE,
     TRAINING_CONFIG,
     checkpoint_dirs,
@@ -32,10 +37,52 @@ from mst5_dist.layout import (
 )
 from mst5_dist.model import SentenceEncoder
 from mst5_dist.modelcard import write_model_card
+from mst5_dist.training.rng import load_rng, save_rng
 
 logger = logging.getLogger(__name__)
-# Settings that fix the data order; resuming with different values would not continue the run.
-RESUME_KEYS = [("train", "batch_size"), ("train", "seed"), ("train", "grad_accum_steps"), ("data", "paths")]
+
+
+class CheckpointError(BadInput):
+    """A checkpoint that is incomplete, changed since it was written, or holds more than tensors."""
+
+
+# Settings that fix the data order and the trainable tensors: a resume that changes any of them
+# would not continue the run it names (another base, other rows, other batches, another LoRA shape).
+RESUME_KEYS = [
+    ("model", "name_or_path"), ("model", "max_seq_length"), ("model", "merge_adapters"), ("model", "pooling"),
+    ("model", "dtype"), ("model", "tokenizer_use_fast"),
+    ("lora", "preset"), ("lora", "r"), ("lora", "alpha"), ("lora", "target_modules"),
+    ("data", "format"), ("data", "paths"), ("data", "languages"), ("data", "split"), ("data", "cross_lingual"),
+    ("data", "max_rows"), ("data", "length_grouping"), ("data", "bucket_batches"), ("data", "skip_bad_rows"),
+    ("loss", "objective"), ("loss", "hard_negatives"),
+    ("train", "batch_size"), ("train", "seed"), ("train", "grad_accum_steps"),
+]  # fmt: skip
+# The only classes a DeepSpeed checkpoint's pickles hold besides tensors and plain containers
+# (seen in ZeRO-2 and ZeRO-3 optimizer files); loading allows these and nothing else.
+DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+
+def _path_identity(value: Any) -> Any:
+    """A local path as its absolute form (the same folder given relative to another working
+    directory is the same setting); anything else (a hub name, a number) as it is."""
+    if isinstance(value, list):
+        return [_path_identity(v) for v in value]
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def resume_fingerprint(cfg: Config) -> dict[str, Any]:
+    """``section.key`` -> value of every setting in ``RESUME_KEYS`` (paths made absolute)."""
+    out = {}
+    for section, key in RESUME_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        out[f"{section}.{key}"] = _path_identity(value) if key in ("name_or_path", "merge_adapters", "paths") else value
+    return out
 
 
 @dataclass
@@ -64,17 +111,21 @@ def keep_trainable_only(model_names: set[str]):
     return hook
 
 
-def register_state(accelerator, model, scheduler, cfg: Config) -> None:
-    """What ``save_state`` writes besides model and optimizer: the scheduler, and (LoRA, no
-    DeepSpeed) a hook that keeps only the trainable tensors."""
-    accelerator.register_for_checkpointing(scheduler)
+def register_state(accelerator, model, cfg: Config) -> None:
+    """(LoRA, no DeepSpeed) a save hook that keeps only the trainable tensors. The scheduler is not
+    registered with Accelerate: it would be pickled (``custom_checkpoint_0.pkl``, read back with
+    ``weights_only=False``); we keep it as JSON."""
     if lora_only(cfg) and not distributed.zero_stage(accelerator):
         trainable = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
         accelerator.register_save_state_pre_hook(keep_trainable_only(trainable))
 
 
-def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Path) -> Path:
-    """save_state into ``step-N.tmp`` on all ranks, then complete and rename on the main process."""
+def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Path, scheduler) -> Path:
+    """save_state into ``step-N.tmp`` on all ranks, then complete and rename on the main process.
+
+    Beside Accelerate's (or DeepSpeed's) model and optimizer files: ``scheduler.json``, one
+    ``rng_state_R.safetensors`` per rank, ``config.yaml``, ``trainer_state.json`` (with the resume
+    fingerprint) and, last, ``manifest.json`` (size + sha256 of every file)."""
     root = output_dir / CHECKPOINTS
     final = root / checkpoint_name(state.step)
     tmp = final.with_name(final.name + ".tmp")
@@ -84,43 +135,106 @@ def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Pat
     accelerator.wait_for_everyone()
     kwargs = {"exclude_frozen_parameters": True} if distributed.zero_stage(accelerator) and lora_only(cfg) else {}
     accelerator.save_state(str(tmp), **kwargs)
+    save_rng(tmp, accelerator.process_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for pickled in tmp.glob("random_states_*.pkl"):  # ours are rng_state_*.safetensors
+            pickled.unlink()
         meta = {
             **asdict(state),
             "world_size": accelerator.num_processes,
             "zero_stage": distributed.zero_stage(accelerator),
+            "fingerprint": resume_fingerprint(cfg),
         }
+        write_json(tmp / SCHEDULER_FILE, scheduler.state_dict())
         save_config(cfg, tmp / CHECKPOINT_CONFIG)
-        write_json(tmp / STATE_FILE, meta)  # last: its presence marks the checkpoint complete
+        write_json(tmp / STATE_FILE, meta)
+        write_manifest(tmp, CHECKPOINT_MANIFEST)  # last: it covers everything above
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in checkpoint_dirs(output_dir)[: -cfg.train.keep_checkpoints or None]:
+        for old in checkpoint_dirs(output_dir)[: -cfg.train.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
 def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
-    if resume == "latest":
-        found = checkpoint_dirs(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE_FILE).is_file():
-        raise ConfigError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE})")
-    return path
+    """The checkpoint ``--resume`` names, checked against its manifest (on the main process; every
+    rank gets the same answer). ``latest``: the newest that verifies, saying which broken ones it
+    passed over, or None when there is none at all; a named folder that does not verify is an error."""
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(f"--resume {resume}: not a complete checkpoint (no {STATE_FILE})")
+        problem = distributed.from_main(lambda: verify_manifest(path, CHECKPOINT_MANIFEST))
+        if problem:
+            raise CheckpointError(f"--resume {resume}: checkpoint does not verify: {problem}")
+        return path
+    candidates = checkpoint_dirs(output_dir)
+
+    def newest_good() -> tuple[int | None, list[str]]:
+        broken = []
+        for i in range(len(candidates) - 1, -1, -1):
+            problem = verify_manifest(candidates[i], CHECKPOINT_MANIFEST)
+            if problem is None:
+                return i, broken
+            broken.append(problem)
+        return None, broken
+
+    index, broken = distributed.from_main(newest_good)
+    for problem in broken:
+        logger.warning(f"--resume latest: skipping a broken checkpoint: {problem}")
+    if index is None:
+        if broken:
+            raise CheckpointError(f"--resume latest: no checkpoint in {output_dir / CHECKPOINTS} verifies: {broken[0]}")
+        return None
+    if broken:
+        logger.warning(f"--resume latest: falling back to {candidates[index]}")
+    return candidates[index]
 
 
-def load_checkpoint(accelerator, cfg: Config, path: Path) -> TrainState:
-    import json
+def check_resume(cfg: Config, path: Path, meta: dict[str, Any]) -> None:
+    """Refuse a resume whose settings would not continue the checkpoint's run, naming every key."""
+    saved = meta.get("fingerprint") or {}
+    now = resume_fingerprint(cfg)
+    changed = [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ConfigError(f"cannot resume from {path}: " + "; ".join(changed))
 
-    saved = load_config(path / CHECKPOINT_CONFIG)
-    for section, key in RESUME_KEYS:
-        old, new = getattr(getattr(saved, section), key), getattr(getattr(cfg, section), key)
-        if old != new:
-            raise ConfigError(f"cannot resume from {path}: {section}.{key} was {old!r}, now {new!r}")
-    meta = json.loads((path / STATE_FILE).read_text())
+
+@contextmanager
+def no_code_from_pickles() -> Iterator[None]:
+    """While a checkpoint loads, every ``torch.load`` reads with ``weights_only=True`` (tensors, plain
+    containers and ``DEEPSPEED_SAFE_GLOBALS``), also where DeepSpeed asks for ``weights_only=False``:
+    a crafted file fails to load instead of running its code."""
+    import importlib
+
+    allowed = []
+    for name in DEEPSPEED_SAFE_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        try:
+            allowed.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # deepspeed absent or changed: nothing to allow
+            continue
+    original = torch.load
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(allowed):
+            return original(*args, **kwargs)
+
+    torch.load = guarded
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def load_checkpoint(accelerator, cfg: Config, path: Path, scheduler) -> TrainState:
+    meta = read_json(path / STATE_FILE)
+    check_resume(cfg, path, meta)
     saved_world, saved_stage = meta.pop("world_size", 1), meta.pop("zero_stage", 0)
+    meta.pop("fingerprint", None)
     stage = distributed.zero_stage(accelerator)
     if saved_stage != stage:
         raise ConfigError(f"cannot resume from {path}: written under ZeRO stage {saved_stage}, now stage {stage}")
@@ -132,10 +246,22 @@ def load_checkpoint(accelerator, cfg: Config, path: Path) -> TrainState:
             f"{accelerator.num_processes}; resume with {saved_world} processes, or convert it with "
             "DeepSpeed's ds_to_universal.py and load it as a universal checkpoint"
         )
-    if stage:
-        accelerator.load_state(str(path), load_module_strict=not lora_only(cfg))
-    else:
-        accelerator.load_state(str(path), strict=not lora_only(cfg))  # safetensors.load_model(strict=)
+    try:
+        with no_code_from_pickles():
+            if stage:
+                accelerator.load_state(str(path), load_module_strict=not lora_only(cfg))
+            else:
+                accelerator.load_state(str(path), strict=not lora_only(cfg))  # safetensors.load_model(strict=)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused to load: a file holds objects other than tensors ({first})") from None
+    scheduler.load_state_dict(read_json(path / SCHEDULER_FILE))
+    rank = accelerator.process_index
+    if rank < saved_world:
+        load_rng(path, rank)
+    else:  # a DDP checkpoint resumed on more ranks: the new ranks have no saved generators
+        logger.info(f"rank {rank}: no random state in {path} (written by {saved_world} ranks); seeding afresh")
+        torch.manual_seed(cfg.train.seed + 1000 * rank + meta["step"])
     return TrainState(**meta)
 
 

@@ -3,10 +3,30 @@ memory and (on a GPU) model FLOP utilisation."""
 
 from __future__ import annotations
 
+import math
 import resource
 from typing import Any
 
 import torch
+
+from mst5_dist.errors import MstError
+
+
+class NonFinite(MstError):
+    """The loss or gradient norm of a step is NaN or infinite; nothing of that step was written."""
+
+
+def check_finite(record: dict[str, Any]) -> None:
+    """Stop at the first non-finite loss or gradient norm, before the step's log line, checkpoint
+    or model is written (a NaN checkpoint would be resumed from as if it were good)."""
+    bad = [k for k in ("loss", "grad_norm") if record.get(k) is not None and not math.isfinite(record[k])]
+    if bad:
+        values = ", ".join(f"{k} = {record[k]}" for k in bad)
+        raise NonFinite(
+            f"step {record['step']}: {values} (non-finite); stopped before writing anything of this step. "
+            "Lower optim.lr, check loss.temperature and the data; the last checkpoint (if any) is unchanged"
+        )
+
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, by device name (for MFU).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}

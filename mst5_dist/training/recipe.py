@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,15 @@ from typing import Any
 import torch
 
 from mst5_dist import distributed, objectives
-from mst5_dist.config import Config, save_config
+from mst5_dist.config import Config, save_config, validate
 from mst5_dist.errors import Interrupted
 from mst5_dist.layout import CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
 from mst5_dist.lora import count_parameters
 from mst5_dist.training import builders, checkpoint, metrics
 from mst5_dist.training.checkpoint import TrainState
 from mst5_dist.training.evaluation import PeriodicEval
-from mst5_dist.training.signals import StopRequest
+from mst5_dist.training.output import OutputInUse, existing_run, output_lock, truncate_log
+from mst5_dist.training.signals import STOP
 from mst5_dist.training.step import train_step
 
 logger = logging.getLogger(__name__)
@@ -52,25 +55,31 @@ class Run:
     total_steps: int
     total_params: int
     output_dir: Path
-    stop: StopRequest
 
 
 def train(cfg: Config, resume: str | None = None) -> Path:
     """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``errors.Interrupted`` after a stop signal."""
-    run = setup(cfg)
-    state = resume_from(run, resume)
-    open_output(run)
+    STOP.install()  # a no-op under the entry points, which caught stop signals before anything loaded
     try:
-        loop(run, state)
-        return save(run, state)
+        run = setup(cfg)
+        with claim_output(run, resume):
+            state = resume_from(run, resume)
+            open_output(run)
+            try:
+                loop(run, state)
+                return save(run, state)
+            finally:
+                cleanup(run)
     finally:
-        cleanup(run)
+        STOP.finish()
+        STOP.restore()
 
 
 def setup(cfg: Config) -> Run:
     """Build everything; nothing is written until the data and the model have loaded without error."""
     from accelerate.utils import set_seed
 
+    validate(cfg)  # a Config built in code has not been through load_config's checks
     objective = objectives.build(cfg)  # checks the objective's settings before anything loads
     accelerator = builders.setup_accelerator(cfg)
     set_seed(cfg.train.seed)
@@ -88,24 +97,47 @@ def setup(cfg: Config) -> Run:
     optimizer, scheduler = builders.build_optimizer(cfg, encoder, total_steps)
     builders.configure_deepspeed(accelerator, cfg, sampler.local_batch, encoder.embedding_dim)
     model, optimizer = accelerator.prepare(encoder, optimizer)
-    checkpoint.register_state(accelerator, model, scheduler, cfg)
+    checkpoint.register_state(accelerator, model, cfg)
     return Run(
         cfg, accelerator, model, optimizer, scheduler, objective, dataset, sampler, collator,
         distributed.Gather(cfg.loss.gather_across_ranks), evaluator, epoch_batches, total_steps, total,
-        Path(cfg.train.output_dir), StopRequest(),
+        Path(cfg.train.output_dir),
     )  # fmt: skip
 
 
+@contextmanager
+def claim_output(run: Run, resume: str | None) -> Iterator[None]:
+    """This process is the only writer of OUTPUT_DIR while the run lasts (an exclusive ``flock`` on
+    ``OUTPUT_DIR/.mst5.lock``, which the kernel releases when the process ends, SIGKILL included),
+    and a run without ``--resume`` never writes into the folder of another run."""
+    problem, lock = None, None
+    if run.accelerator.is_main_process:
+        problem = existing_run(run.output_dir) if not resume else None
+        if problem is None:
+            lock, problem = output_lock(run.output_dir)
+    # Every rank takes the same way out (a collective): nobody waits for a rank that gave up.
+    if distributed.any_rank(problem is not None, run.accelerator.device):
+        raise OutputInUse(problem or f"{run.output_dir}: the main process could not claim it")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
 def resume_from(run: Run, resume: str | None) -> TrainState:
-    """The state to start from: a fresh one, or the one of the checkpoint ``--resume`` names."""
+    """The state to start from: a fresh one, or the one of the checkpoint ``--resume`` names. The
+    log keeps exactly the steps before it (a crash after the checkpoint left later lines)."""
     state = TrainState()
     if resume:
         ckpt = checkpoint.find_resume_checkpoint(run.output_dir, resume)
         if ckpt is None:
             logger.info(f"--resume {resume}: no checkpoint in {run.output_dir / CHECKPOINTS}, starting from scratch")
         else:
-            state = checkpoint.load_checkpoint(run.accelerator, run.cfg, ckpt)
+            state = checkpoint.load_checkpoint(run.accelerator, run.cfg, ckpt, run.scheduler)
             logger.info(f"resumed from {ckpt} at step {state.step}")
+    if run.accelerator.is_main_process:  # a fresh run starts its own log (claim_output allowed it)
+        truncate_log(run.output_dir / TRAIN_LOG, state.step)
     run.evaluator.resume(run.output_dir, state.step)
     return state
 
@@ -117,7 +149,6 @@ def open_output(run: Run) -> None:
         save_config(run.cfg, run.output_dir / CONFIG_FILE)
     if run.cfg.train.tensorboard:
         run.accelerator.init_trackers("tensorboard")
-    run.stop.install()
 
 
 def epoch_loader(run: Run, state: TrainState):
@@ -143,25 +174,31 @@ def loop(run: Run, state: TrainState) -> None:
     progress = tqdm(
         total=run.total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress_bar)
     )
+    if distributed.any_rank(STOP.requested, accelerator.device):  # a signal while the run was loading
+        raise Interrupted(
+            f"stopped by signal before step {state.step + 1} (nothing new to save); rerun with --resume latest"
+        )
     run.model.train()
     while state.step < run.total_steps:
         loader = epoch_loader(run, state)
         while state.step < run.total_steps and state.batch_in_epoch < run.epoch_batches[state.epoch]:
             start = time.perf_counter()
-            sums, grad_norm = train_step(run, loader)
+            with distributed.collective(f"step {state.step + 1} (forward, backward, gradient all-reduce)"):
+                sums, grad_norm = train_step(run, loader)
             state.batch_in_epoch += cfg.train.grad_accum_steps
             state.step += 1
-            record = log_step(run, state, sums, grad_norm, time.perf_counter() - start)
+            with distributed.collective(f"step {state.step}: reducing the step's metrics"):
+                record = log_step(run, state, sums, grad_norm, time.perf_counter() - start)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}")
-            if distributed.any_rank(run.stop.requested, accelerator.device):
-                path = checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir)
+            if distributed.any_rank(STOP.requested, accelerator.device):
+                path = checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir, run.scheduler)
                 progress.close()
                 raise Interrupted(
                     f"stopped by signal at step {state.step}; checkpoint {path}; rerun with --resume latest"
                 )
             if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < run.total_steps:
-                checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir)
+                checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir, run.scheduler)
     progress.close()
 
 
@@ -174,6 +211,7 @@ def log_step(run: Run, state: TrainState, sums: metrics.StepSums, grad_norm, ela
         elapsed=elapsed, world=accelerator.num_processes, accum=cfg.train.grad_accum_steps,
         total_params=run.total_params, peak_flops=metrics.peak_bf16_flops(),
     )  # fmt: skip
+    metrics.check_finite(record)  # every rank holds the same reduced figures: all stop together
     logged = state.step % cfg.train.log_every == 0
     if logged:  # a collective: every rank takes the same branch
         per_rank = accelerator.gather(torch.tensor([record["peak_memory_mb"]], device=accelerator.device))
@@ -192,7 +230,7 @@ def log_step(run: Run, state: TrainState, sums: metrics.StepSums, grad_norm, ela
 
 def save(run: Run, state: TrainState) -> Path:
     """The last checkpoint and ``final/`` (all ranks: ZeRO-3 gathers the adapter first)."""
-    checkpoint.save_checkpoint(run.accelerator, run.cfg, state, run.output_dir)
+    checkpoint.save_checkpoint(run.accelerator, run.cfg, state, run.output_dir, run.scheduler)
     final = checkpoint.save_final(run.accelerator, run.model, run.cfg, run.output_dir)
     logger.info(f"done: {state.step} steps, model in {final}")
     run.accelerator.wait_for_everyone()
@@ -200,8 +238,6 @@ def save(run: Run, state: TrainState) -> Path:
 
 
 def cleanup(run: Run) -> None:
-    """Flush the trackers and give the signal handlers back (local operations, safe on the way out
-    of a failed run too)."""
+    """Flush the trackers (a local operation, safe on the way out of a failed run too)."""
     for tracker in run.accelerator.trackers:
         tracker.finish()
-    run.stop.restore()
