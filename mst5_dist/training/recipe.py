@@ -174,10 +174,8 @@ def loop(run: Run, state: TrainState) -> None:
     progress = tqdm(
         total=run.total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress_bar)
     )
-    if distributed.any_rank(STOP.requested, accelerator.device):  # a signal while the run was loading
-        raise Interrupted(
-            f"stopped by signal before step {state.step + 1} (nothing new to save); rerun with --resume latest"
-        )
+    # A signal that came while the run was loading is honoured like any other: after the next step,
+    # whose checkpoint keeps it (the SLURM supervisor relies on this: it forwards USR1 at once).
     run.model.train()
     while state.step < run.total_steps:
         loader = epoch_loader(run, state)
