@@ -55,6 +55,16 @@ NLI_LABELS = {"entailment", "neutral", "contradiction"}
 COLUMNS = ("anchor", "positive", "negative", "source_id")
 # Bytes that ``surrogateescape`` turned into lone surrogates: the mark of invalid UTF-8.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+# Any other lone surrogate comes from a JSON escape such as "\ud800": not text Arrow can store.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unicode_problem(value: str) -> str | None:
+    if _UNDECODABLE.search(value):
+        return "contains bytes that are not valid UTF-8"
+    if _SURROGATE.search(value):
+        return "contains a lone surrogate escape (not valid Unicode)"
+    return None
 
 
 @dataclass
@@ -88,8 +98,9 @@ class _RowChecker:
         if not isinstance(value, str):
             self.fail(path, line, fieldname, f"expected a string, got {type(value).__name__}")
             return None
-        if _UNDECODABLE.search(value):
-            self.fail(path, line, fieldname, "contains bytes that are not valid UTF-8")
+        problem = _unicode_problem(value)
+        if problem:
+            self.fail(path, line, fieldname, problem)
             return None
         if not value.strip():
             self.fail(path, line, fieldname, "empty sentence")
@@ -151,9 +162,14 @@ def iter_jsonl(
     reference reader, which the block reader (``_jsonl_to_arrow``) falls back to."""
     for number, obj in _json_objects(path, check, lines):
         row = _triplet_row(check, path, number, obj, ("anchor", "positive", "negative"), need_negative)
-        if row is not None:
-            row["source_id"] = str(obj.get("source_id", f"{path.name}:{number}"))
-            yield row
+        if row is None:
+            continue
+        row["source_id"] = str(obj.get("source_id", f"{path.name}:{number}"))
+        problem = _unicode_problem(row["source_id"])
+        if problem:
+            check.fail(path, number, "source_id", problem)
+            continue
+        yield row
 
 
 def _triplet_row(
@@ -737,13 +753,16 @@ def token_lengths(dataset, tokenizer, max_len: int, columns: tuple[str, ...], ca
     ``max_len``, the columns and the row count.
     """
     columns = tuple(columns)
-    path = None
-    if cache_dir is not None:
-        key = json.dumps([_LENGTHS_VERSION, tokenizer_fingerprint(tokenizer), max_len, columns, len(dataset)])
-        path = Path(cache_dir) / f"lengths-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
-        if not path.is_file():
-            logger.info("token lengths of %d rows (computed once, cached in %s)", len(dataset), path)
+    path = None if cache_dir is None else lengths_cache_path(cache_dir, len(dataset), tokenizer, max_len, columns)
+    if path is not None and not path.is_file():
+        logger.info("token lengths of %d rows (computed once, cached in %s)", len(dataset), path)
     return _cached_array(path, len(dataset), lambda: _compute_lengths(dataset, tokenizer, max_len, columns))
+
+
+def lengths_cache_path(cache_dir: Path, n_rows: int, tokenizer, max_len: int, columns: tuple[str, ...]) -> Path:
+    """Where ``token_lengths`` caches the lengths for this key in a dataset's cache folder."""
+    key = json.dumps([_LENGTHS_VERSION, tokenizer_fingerprint(tokenizer), max_len, list(columns), n_rows])
+    return Path(cache_dir) / f"lengths-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 
 # ------------------------------------------------------------------------------------ sampler
