@@ -84,6 +84,36 @@ def collective(what: str) -> Iterator[None]:
         raise
 
 
+# How long the other ranks wait for rank 0 inside ``main_process_first``: building a cache of
+# millions of rows can take longer than the default group's collective timeout.
+MAIN_FIRST_TIMEOUT_S = 3 * 3600.0
+
+
+@contextlib.contextmanager
+def main_process_first(timeout_s: float = MAIN_FIRST_TIMEOUT_S) -> Iterator[None]:
+    """Run the block on rank 0 first and on the other ranks after it: rank 0 fills a file cache
+    (the parsed data, its token lengths) that the others then only read. The identity in a single
+    process. The wait is a barrier on a gloo side group with its own timeout (``timeout_s``),
+    so it holds on NCCL jobs and outlasts the default group's timeout. If rank 0 raises, the
+    others are released at once and run the block themselves (failing the same way) instead of
+    waiting out the timeout."""
+    if not is_distributed():
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    main = dist.get_rank() == 0
+    try:
+        if not main:
+            dist.barrier(group=group)
+        try:
+            yield
+        finally:
+            if main:
+                dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)
+
+
 class Gather:
     """The cross-rank gather a loss uses, with this rank's index (the label offset of its rows).
 

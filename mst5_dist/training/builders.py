@@ -9,7 +9,14 @@ import torch
 
 from mst5_dist import distributed
 from mst5_dist.config import Config
-from mst5_dist.data import BatchCollator, DataError, GlobalBatchSampler, load_dataset, token_lengths
+from mst5_dist.data import (
+    BatchCollator,
+    DataError,
+    GlobalBatchSampler,
+    load_cached,
+    source_codes,
+    token_lengths,
+)
 from mst5_dist.errors import ModelError
 from mst5_dist.families import T5_FAMILY
 from mst5_dist.lora import apply_lora, enable_gradient_checkpointing
@@ -69,14 +76,18 @@ def build_encoder(cfg: Config) -> SentenceEncoder:
 def build_data(cfg: Config, encoder: SentenceEncoder, objective, world_size: int, rank: int, device="cpu"):
     """(dataset, sampler, collator) for ``objective``; the objective's own setup runs on the data."""
     need_neg = "negative" in objective.columns
-    dataset = load_dataset(cfg.data, cfg.train.seed, need_negative=need_neg)
-    lengths = (
-        token_lengths(dataset, encoder.tokenizer, encoder.max_seq_length, objective.columns)
-        if cfg.data.length_grouping
-        else None
-    )
+    # Rank 0 parses the data and computes what every rank needs (source-id codes, token lengths)
+    # into the cache; the other ranks wait, then only read it.
+    with distributed.main_process_first():
+        dataset, folder = load_cached(cfg.data, cfg.train.seed, need_negative=need_neg)
+        codes = source_codes(dataset, folder)
+        lengths = (
+            token_lengths(dataset, encoder.tokenizer, encoder.max_seq_length, objective.columns, folder)
+            if cfg.data.length_grouping
+            else None
+        )
     sampler = GlobalBatchSampler(
-        dataset["source_id"],
+        codes,
         cfg.train.batch_size,
         world_size=world_size,
         rank=rank,
