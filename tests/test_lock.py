@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,20 @@ from lockfile import LOCK, closure, lock_problems, project_requirements, range_p
 from packaging.requirements import Requirement
 
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+
+
+def readme_pip_steps() -> list[list[str]]:
+    """The `pip install` commands of the README's set-up line (its first bash block), as argv."""
+    block = re.search(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    return [shlex.split(step) for step in block.split("&&") if step.strip().startswith("pip install")]
+
+
+def test_readme_and_ci_install_with_the_lock():
+    steps = readme_pip_steps()
+    assert steps == [["pip", "install", "torch==2.13.0"], ["pip", "install", "-c", LOCK.name, "-e", ".[dev]"]]
+    ci = [shlex.split(line, comments=True) for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    ci_steps = [argv[2:] for argv in ci if argv[:4] == ["python", "-m", "pip", "install"]]
+    assert ci_steps == steps
 
 
 def test_lock_satisfies_pyproject_ranges():
@@ -125,8 +141,8 @@ def test_fresh_virtualenv_installs_exactly_the_lock(tmp_path):
         assert proc.returncode == 0, " ".join(args) + "\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 
-    run("-m", "pip", "install", "-q", "torch==2.13.0")
-    run("-m", "pip", "install", "-q", "-c", LOCK.name, "-e", ".[dev]", cwd=src)
+    for step in readme_pip_steps():  # exactly the README's set-up, through the fresh interpreter
+        run("-m", *step, "-q", cwd=src)
     run("-m", "pip", "check")
     # This file's lock and import tests, run by the fresh interpreter against the fresh install.
     run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "test_lock.py"), "-m", "not slow",

@@ -128,6 +128,20 @@ def test_every_declared_max_length_is_max_seq_length(exported, tmp_path):
     assert "disagree" in problem and f"'sentence_bert_config.json:max_seq_length': {other}" in problem
 
 
+@pytest.mark.parametrize("exported", EXPORTS, indirect=True)
+def test_export_records_what_made_it(exported):
+    """versions.json: the exporting environment, and the training run's own record when the source
+    has one (a LoRA run's final/), null for a plain base model."""
+    from mst5_dist.versions import VERSIONS_FILE, package_versions
+
+    out, source = exported
+    versions = json.loads((out / VERSIONS_FILE).read_text())
+    assert versions["exported_with"] == package_versions()
+    trained = source / VERSIONS_FILE
+    assert versions["trained_with"] == (json.loads(trained.read_text()) if trained.is_file() else None)
+    assert trained.is_file() == (source.name == "final")
+
+
 # ------------------------------------------------------------------ Text Embeddings Inference
 
 

@@ -7,7 +7,7 @@
   only this file embeds a long text differently from sentence-transformers on the same export.
 * Text Embeddings Inference, ONNX backend (text-embeddings-inference 1.9: ``router/src/lib.rs``,
   ``backends/ort/src/lib.rs``, ``backends/src/lib.rs``): ``tei_problems`` checks every file and
-  field that path reads, in the types its parser demands (see ``TEI_FILES``).
+  field that path reads, in the types its parser demands (``TEI_FIELDS``, ``_graph_problems``).
 * FastEmbed (0.9): ``TextEmbedding.add_custom_model`` + ``specific_model_path`` reads
   ``tokenizer.json``, ``tokenizer_config.json`` (``model_max_length``, ``pad_token``),
   ``config.json`` (``pad_token_id``) and the graph named by ``model_file``; the arguments for an
@@ -26,17 +26,25 @@ TOKENIZER_JSON = "tokenizer.json"
 # The external-data file name TEI fetches beside onnx/model.onnx for a graph over 2 GB
 # (backends/src/lib.rs, download_onnx); ONNX Runtime resolves it relative to the graph file.
 TEI_EXTERNAL_DATA = "model.onnx_data"
-# TEI's ONNX path, file by file: (file, what it reads).
-TEI_FILES = {
-    "model.onnx | onnx/model.onnx": "the graph (model.onnx first if present); float32 only; inputs input_ids, "
-    "attention_mask; output sentence_embedding used when present, else last_hidden_state pooled",
-    "config.json": "architectures (list; one ending in 'Classification' makes a classifier), model_type, "
-    "max_position_embeddings, hidden_size, num_hidden_layers, pad_token_id / eos_token_id (pad id)",
-    "tokenizer.json": "the tokenizer (TEI only supports fast tokenizers); padding is reset, truncation is TEI's own",
-    "tokenizer_config.json": "optional: padding_side (left | right)",
-    "1_Pooling/config.json": "pooling_mode_cls_token, pooling_mode_mean_tokens (required booleans), pooling_mode_lasttoken",
-    "sentence_bert_config.json": "max_seq_length: the longest input TEI accepts (truncated with --auto-truncate)",
-    "config_sentence_transformers.json": "optional: prompts",
+# The JSON fields TEI's ONNX path parses (serde: a missing required field or a wrong type stops
+# the server), by file: field -> (required, kind). tokenizer_config.json (padding_side) and
+# config_sentence_transformers.json (prompts) are optional and checked on their own.
+TEI_FIELDS: dict[str, dict[str, tuple[bool, str]]] = {
+    "config.json": {
+        "architectures": (True, "str list"),  # one ending in "Classification" makes a classifier
+        "model_type": (True, "str"),
+        "max_position_embeddings": (True, "uint"),
+        "hidden_size": (True, "uint"),
+        "num_hidden_layers": (True, "uint"),
+        "pad_token_id": (False, "uint?"),  # the pad id, else eos_token_id, else 0
+        "eos_token_id": (False, "uint?"),
+    },
+    "1_Pooling/config.json": {
+        "pooling_mode_cls_token": (True, "bool"),
+        "pooling_mode_mean_tokens": (True, "bool"),
+        "pooling_mode_lasttoken": (False, "bool"),
+    },
+    "sentence_bert_config.json": {"max_seq_length": (True, "uint")},  # the longest input TEI accepts
 }
 
 
@@ -153,50 +161,22 @@ def tei_problems(export_dir: str | Path) -> list[str]:
     export folder, one line per problem naming the file and field; ``[]`` when it would serve it."""
     export_dir = Path(export_dir)
     out = _graph_problems(export_dir)
-    config, found = _json_problems(
-        export_dir,
-        "config.json",
-        {
-            "architectures": (True, "str list"),
-            "model_type": (True, "str"),
-            "max_position_embeddings": (True, "uint"),
-            "hidden_size": (True, "uint"),
-            "num_hidden_layers": (True, "uint"),
-            "pad_token_id": (False, "uint?"),
-            "eos_token_id": (False, "uint?"),
-        },
-    )
-    out += found
-    if config and any(str(a).endswith("Classification") for a in config.get("architectures") or []):
+    parsed = {}
+    for name, fields in TEI_FIELDS.items():
+        data, found = _json_problems(export_dir, name, fields)
+        parsed[name] = data if not found else None
+        out += found
+    config, pooling, st_config = (parsed[n] for n in TEI_FIELDS)
+    if config and any(a.endswith("Classification") for a in config["architectures"]):
         out.append(f"config.json: architectures {config['architectures']} make TEI serve a classifier")
+    if pooling and not any(pooling.get(k) for k in TEI_FIELDS["1_Pooling/config.json"]):
+        out.append("1_Pooling/config.json: no pooling mode TEI supports is true (cls, mean, lasttoken)")
     tok_config, found = _json_problems(export_dir, "tokenizer_config.json", {})
-    if tok_config is None:
-        found = []  # optional for TEI
-    elif tok_config.get("padding_side", "right") not in ("left", "right"):
-        found.append(
+    out += found if (export_dir / "tokenizer_config.json").is_file() else []  # optional, parsed when present
+    if tok_config is not None and tok_config.get("padding_side", "right") not in ("left", "right"):
+        out.append(
             f"tokenizer_config.json: field 'padding_side' must be left or right, got {tok_config['padding_side']!r}"
         )
-    out += found
-    pooling, found = _json_problems(
-        export_dir,
-        "1_Pooling/config.json",
-        {
-            "pooling_mode_cls_token": (True, "bool"),
-            "pooling_mode_mean_tokens": (True, "bool"),
-            "pooling_mode_lasttoken": (False, "bool"),
-        },
-    )
-    out += found
-    if (
-        pooling
-        and not found
-        and not any(
-            pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_mean_tokens", "pooling_mode_lasttoken")
-        )
-    ):
-        out.append("1_Pooling/config.json: no pooling mode TEI supports is true (cls, mean, lasttoken)")
-    st_config, found = _json_problems(export_dir, "sentence_bert_config.json", {"max_seq_length": (True, "uint")})
-    out += found
     if (export_dir / "config_sentence_transformers.json").is_file():
         prompts = _read(export_dir / "config_sentence_transformers.json").get("prompts")
         if prompts is not None and not (
