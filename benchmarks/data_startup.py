@@ -308,7 +308,7 @@ def _train_to_step_one(jsonl: Path, cache: Path, model: Path, out: Path) -> dict
             "train.epochs=1",
             f"train.output_dir={out}",
             "train.progress_bar=false",
-            "train.tensorboard=false",
+            "train.report_to=[]",
         ],
     )
     run = recipe.setup(cfg)

@@ -54,7 +54,7 @@ def run(base: Path, data: Path, out: Path, batch: int, chunk: int | None) -> dic
         "train.epochs=1",
         f"train.output_dir={out}",
         "train.progress_bar=false",
-        "train.tensorboard=false",
+        "train.report_to=[]",
         f"loss.cache_chunk_size={chunk or 'null'}",
         "model.max_seq_length=64",
         "data.bucket_batches=1",

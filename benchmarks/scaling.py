@@ -62,7 +62,7 @@ def main() -> None:
             f"train.max_steps={args.steps}",
             "train.epochs=20",
             "train.progress_bar=false",
-            "train.tensorboard=false",
+            "train.report_to=[]",
             "model.dropout=0.0",
         ]
         results = {}

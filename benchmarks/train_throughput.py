@@ -234,7 +234,7 @@ def run_ours(model_dir: Path, data: Path, n_rows: int, out: Path, args, mode: st
         f"train.epochs={epochs}",
         f"train.seed={SEED}",
         "train.progress_bar=false",
-        "train.tensorboard=false",
+        "train.report_to=[]",
         "train.save_every=null",
     ]
     entry = ["-m", "mst5_dist.cli"] if args.clock == "wall" else ["-c", CPU_CLOCK_LAUNCHER]

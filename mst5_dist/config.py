@@ -8,6 +8,7 @@ or a value of the wrong type, raises ``ConfigError`` naming the offending key (a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -19,7 +20,8 @@ import yaml
 
 from mst5_dist.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "validate", "with_overrides"]
+__all__ = ["Config", "ConfigError", "flat_config", "load_config", "save_config", "validate", "with_overrides"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -200,8 +202,17 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many step checkpoints to keep (oldest removed first)."""
 
-    tensorboard: bool = True
-    """Also log through Accelerate's TensorBoard tracker."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "comet_ml", "aim", "clearml", "dvclive"]] = field(
+        default_factory=lambda: ["tensorboard"]
+    )
+    """Experiment trackers (Accelerate's ``log_with``) that receive the run config as hyperparameters
+    and every step's numeric ``train_log.jsonl`` fields as metrics; ``[]`` logs to none.
+    ``tensorboard`` writes ``OUTPUT_DIR/tensorboard/``; ``mlflow`` (``pip install -e .[mlflow]``)
+    logs where ``MLFLOW_TRACKING_URI`` points; ``wandb`` follows ``WANDB_MODE`` / ``WANDB_PROJECT``."""
+
+    tracker_project: str = "mst5"
+    """Project name for trackers other than TensorBoard: the MLflow experiment (unless
+    ``MLFLOW_EXPERIMENT_NAME`` is set) or the W&B project; the run is named after ``output_dir``."""
 
     progress_bar: bool = True
     """Show a progress bar on the main process."""
@@ -425,11 +436,31 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _legacy_train_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``train.tensorboard: BOOL`` (before ``train.report_to``) read as ``report_to: [tensorboard]`` or
+    ``[]``, so configs saved by older runs (a checkpoint's config.yaml) still load and resume."""
+    if "tensorboard" not in raw:
+        return raw
+    raw = dict(raw)
+    value = raw.pop("tensorboard")
+    if not isinstance(value, bool):
+        raise ConfigError(f"train.tensorboard: expected true/false, got {value!r} (the key is now train.report_to)")
+    if "report_to" in raw:
+        raise ConfigError("train.tensorboard and train.report_to both set: keep train.report_to only")
+    logger.warning(
+        f"train.tensorboard={str(value).lower()} is read as train.report_to={'[tensorboard]' if value else '[]'}"
+    )
+    raw["report_to"] = ["tensorboard"] if value else []
+    return raw
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    if cls is TrainConfig:
+        raw = _legacy_train_keys(raw)
     hints = _field_types(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
@@ -505,6 +536,22 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def flat_config(cfg: Config) -> dict[str, int | float | str | bool]:
+    """``{"section.key": value}`` with scalar values only, as trackers take hyperparameters:
+    None becomes ``"null"`` and a list its JSON text (TensorBoard's hparams refuse both)."""
+    import json
+
+    flat: dict[str, int | float | str | bool] = {}
+    for section, fields in to_dict(cfg).items():
+        for key, value in fields.items():
+            if value is None:
+                value = "null"
+            elif isinstance(value, (list, dict)):
+                value = json.dumps(value, ensure_ascii=False)
+            flat[f"{section}.{key}"] = value
+    return flat
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

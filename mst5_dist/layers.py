@@ -10,7 +10,7 @@ FOUNDATION_THIRD_PARTY = ("yaml",)
 
 LAYERS: list[tuple[str, list[str]]] = [
     (
-        "foundation",  # run-folder layout, files, config, errors, families table, logging, model card
+        "foundation",  # run-folder layout, files, config, errors, families table, logging, model card, versions
         [
             "mst5_dist",
             "mst5_dist.layers",
@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.logs",
             "mst5_dist.commands",
             "mst5_dist.modelcard",
+            "mst5_dist.versions",
         ],
     ),
     (

@@ -28,7 +28,7 @@ def test_best_checkpoint_is_the_argmax_and_reproduces_its_score(tiny_base, share
         mst5_cmd(
             "train", "--config", TINY, f"model.name_or_path={tiny_base}", f"train.output_dir={out}",
             "train.max_steps=12", "optim.lr=1e-3", f"eval.sts_path={sts}", "eval.every_steps=2",
-            "eval.keep_best=true", "train.save_every=null", "train.progress_bar=false", "train.tensorboard=false",
+            "eval.keep_best=true", "train.save_every=null", "train.progress_bar=false", "train.report_to=[]",
         ),
         capture_output=True,
         text=True,
@@ -70,7 +70,7 @@ def test_keep_best_settings_are_checked(tiny_base, tmp_path, capsys):
         load_config(None, ["eval.best_metric=loss"])
     out = tmp_path / "run"
     args = ["train", "--config", TINY, f"model.name_or_path={tiny_base}", f"train.output_dir={out}",
-            "eval.keep_best=true", "train.tensorboard=false"]  # fmt: skip
+            "eval.keep_best=true", "train.report_to=[]"]  # fmt: skip
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "mst5 train: error: eval.keep_best=true needs eval.sts_path (the evaluation whose best model it keeps)"

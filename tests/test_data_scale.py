@@ -258,7 +258,8 @@ READER_CASES = {
     "invalid-json": _line() + "\n{not json\n",
     "not-an-object": _line() + "\n[1, 2]\n",
     "lone-surrogate-escape": '{"anchor": "a\\ud800", "positive": "b", "negative": "c"}\n',
-    "lone-surrogate-source-id": _line() + '\n{"anchor": "a", "positive": "b", "negative": "c", "source_id": "\\udfff"}\n',
+    "lone-surrogate-source-id": _line()
+    + '\n{"anchor": "a", "positive": "b", "negative": "c", "source_id": "\\udfff"}\n',
     "surrogate-pair-escape": '{"anchor": "a\\ud83d\\ude00", "positive": "b", "negative": "c"}\n',
 }
 READER_BYTES = {"invalid-utf8": (_line() + "\n").encode() + b'{"anchor": "x\xff", "positive": "b", "negative": "c"}\n'}

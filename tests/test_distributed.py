@@ -76,7 +76,7 @@ def train_args(base: Path, out: Path, *extra: str) -> list[str]:
         f"train.output_dir={out}",
         "model.dropout=0.0",
         "train.progress_bar=false",
-        "train.tensorboard=false",
+        "train.report_to=[]",
         *extra,
     ]
 

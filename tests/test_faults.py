@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # 20 restarts of a training process
 STEPS = 24
-RUN = ("train.progress_bar=false", "train.tensorboard=false", f"train.max_steps={STEPS}", "train.save_every=1",
+RUN = ("train.progress_bar=false", "train.report_to=[]", f"train.max_steps={STEPS}", "train.save_every=1",
        "train.keep_checkpoints=2", "train.epochs=40", "model.dropout=0.1")  # fmt: skip
 
 
@@ -109,7 +109,7 @@ def test_a_stopped_rank_ends_the_run_naming_the_collective(tiny_base, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
            "29671", "-m", "mst5_dist.train", "--config", str(REPO / "configs" / "tiny.yaml"),
            f"model.name_or_path={tiny_base}", f"train.output_dir={out}", "train.progress_bar=false",
-           "train.tensorboard=false", "train.epochs=40", "train.collective_timeout_s=20"]  # fmt: skip
+           "train.report_to=[]", "train.epochs=40", "train.collective_timeout_s=20"]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     stopped = None

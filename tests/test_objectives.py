@@ -59,7 +59,7 @@ def test_a_new_objective_trains_without_touching_the_trainer(toy_objective, tiny
     cfg = load_config(
         TINY_CONFIG,
         [f"model.name_or_path={tiny_base}", f"train.output_dir={out}", "loss.objective=toy-symmetric",
-         "train.max_steps=4", "train.grad_accum_steps=2", "train.tensorboard=false", "train.progress_bar=false",
+         "train.max_steps=4", "train.grad_accum_steps=2", "train.report_to=[]", "train.progress_bar=false",
          f"data.cache_dir={tmp_path / 'cache'}"],
     )  # fmt: skip
     final = train(cfg)

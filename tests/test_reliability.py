@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from mst5_dist.cli import main
 from mst5_dist.config import load_config
 
-FAST = ("train.progress_bar=false", "train.tensorboard=false")
+FAST = ("train.progress_bar=false", "train.report_to=[]")
 
 
 def last_line(capsys) -> str:

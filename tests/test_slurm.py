@@ -239,7 +239,7 @@ def _train_args(base: Path, out: Path) -> list[str]:
         f"train.output_dir={out}",
         "model.dropout=0.0",
         "train.progress_bar=false",
-        "train.tensorboard=false",
+        "train.report_to=[]",
         "train.epochs=40",
         f"train.max_steps={STEPS}",
     ]

@@ -57,7 +57,7 @@ def lr_runs(tiny_base, shared_data, tmp_path_factory):
         out = root / f"lr-{lr:g}"
         cmd = [sys.executable, "-m", "mst5_dist.cli", "train", "--config", TINY, f"model.name_or_path={tiny_base}",
                f"train.output_dir={out}", "train.max_steps=4", f"optim.lr={lr}", f"eval.sts_path={sts}",
-               "train.save_every=null", "train.progress_bar=false", "train.tensorboard=false"]  # fmt: skip
+               "train.save_every=null", "train.progress_bar=false", "train.report_to=[]"]  # fmt: skip
         procs[out] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for proc in procs.values():
         _, err = proc.communicate(timeout=300)

@@ -8,6 +8,7 @@ base is always loaded in fp32 here and lower precision is a later, separately ga
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from mst5_dist import layout
+from mst5_dist.export import serving
+from mst5_dist.files import read_json_or_none, write_json
 from mst5_dist.model import META_FILE, T5_FAMILY, ModelError, SentenceEncoder, pool
+from mst5_dist.versions import VERSIONS_FILE, package_versions
+
+logger = logging.getLogger(__name__)
 
 MERGE_TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings, merged vs unmerged
 T5_MAX_POSITIONS = 512  # T5 has relative positions (no hard limit); 512 is its pre-training length
@@ -101,6 +107,13 @@ def save_merged(encoder: SentenceEncoder, out: Path, *, source: Path) -> None:
     _patch_json(out / "config.json", **fields)
     encoder.tokenizer.save_pretrained(str(out))
     _patch_json(out / "tokenizer_config.json", model_max_length=encoder.max_seq_length)
+    if (out / serving.TOKENIZER_JSON).is_file():
+        tok = encoder.tokenizer
+        serving.set_tokenizer_limits(
+            out, max_seq_length=encoder.max_seq_length, pad_token=tok.pad_token, pad_id=tok.pad_token_id
+        )
+    else:
+        logger.warning(f"{out}: no {serving.TOKENIZER_JSON} (a slow tokenizer): TEI and FastEmbed cannot load it")
 
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
@@ -121,3 +134,6 @@ def save_merged(encoder: SentenceEncoder, out: Path, *, source: Path) -> None:
     meta = encoder.meta()
     meta.update({"adapter": False, "merged_from": str(source)})
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    # What exported it, and (when the source recorded it) what trained it.
+    versions = {"exported_with": package_versions(), "trained_with": read_json_or_none(source / VERSIONS_FILE)}
+    write_json(out / VERSIONS_FILE, versions)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from mst5_dist import distributed
-from mst5_dist.config import Config
+from mst5_dist.config import Config, ConfigError
 from mst5_dist.data import (
     BatchCollator,
     DataError,
@@ -33,6 +33,29 @@ def resolve_mixed_precision(cfg: Config) -> str:
     return mp
 
 
+# The package each ``train.report_to`` tracker needs (Accelerate drops a missing one with a warning).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "comet_ml": "comet_ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
+
+
+def trackers(cfg: Config) -> list:
+    """``log_with`` for ``train.report_to``: TensorBoard as a tracker object named "tensorboard" (its
+    events stay in ``OUTPUT_DIR/tensorboard/`` whatever the project name), the others by name.
+    A tracker whose package is missing is a config error, not a run that silently logs nowhere."""
+    import importlib.util
+
+    from accelerate.tracking import TensorBoardTracker
+
+    missing = [n for n in cfg.train.report_to if importlib.util.find_spec(TRACKER_PACKAGES[n]) is None]
+    if missing:
+        extra = " (pip install -e '.[mlflow]')" if "mlflow" in missing else ""
+        raise ConfigError(f"train.report_to: {', '.join(missing)} not installed{extra}")
+    return [
+        TensorBoardTracker("tensorboard", cfg.train.output_dir) if name == "tensorboard" else name
+        for name in dict.fromkeys(cfg.train.report_to)
+    ]
+
+
 def setup_accelerator(cfg: Config):
     """An Accelerator on the process group the entry point created (``distributed.process_group``)."""
     from accelerate import Accelerator
@@ -40,7 +63,7 @@ def setup_accelerator(cfg: Config):
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(cfg),
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
-        log_with="tensorboard" if cfg.train.tensorboard else None,
+        log_with=trackers(cfg) or None,
         project_dir=cfg.train.output_dir,
     )
     distributed.check_world_size(accelerator.num_processes)

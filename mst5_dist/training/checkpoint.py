@@ -38,6 +38,7 @@ from mst5_dist.layout import (
 from mst5_dist.model import SentenceEncoder
 from mst5_dist.modelcard import write_model_card
 from mst5_dist.training.rng import load_rng, save_rng
+from mst5_dist.versions import VERSIONS_FILE, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def save_checkpoint(accelerator, cfg: Config, state: TrainState, output_dir: Pat
         }
         write_json(tmp / SCHEDULER_FILE, scheduler.state_dict())
         save_config(cfg, tmp / CHECKPOINT_CONFIG)
+        write_json(tmp / VERSIONS_FILE, package_versions())
         write_json(tmp / STATE_FILE, meta)
         write_manifest(tmp, CHECKPOINT_MANIFEST)  # last: it covers everything above
         shutil.rmtree(final, ignore_errors=True)
@@ -289,6 +291,7 @@ def save_final(
         with atomic_dir(final) as tmp:
             encoder.save_pretrained(tmp, state_dict=state)
             save_config(cfg, tmp / TRAINING_CONFIG)
+            write_json(tmp / VERSIONS_FILE, package_versions())  # what made this model
             write_model_card(tmp, name=output_dir.name)  # replaces peft's placeholder README.md
             for file_name, content in (extra or {}).items():
                 write_json(tmp / file_name, content)

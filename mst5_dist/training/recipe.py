@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mst5_dist import distributed, objectives
-from mst5_dist.config import Config, save_config, validate
+from mst5_dist.config import Config, flat_config, save_config, validate
 from mst5_dist.errors import Interrupted
 from mst5_dist.layout import CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
 from mst5_dist.lora import count_parameters
@@ -147,8 +147,15 @@ def open_output(run: Run) -> None:
     if run.accelerator.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(run.cfg, run.output_dir / CONFIG_FILE)
-    if run.cfg.train.tensorboard:
-        run.accelerator.init_trackers("tensorboard")
+    if run.cfg.train.report_to:
+        # The run config as hyperparameters. The project name reaches MLflow (experiment) and W&B
+        # (project); TensorBoard is a tracker object with its own folder name (builders.trackers).
+        name = run.output_dir.name
+        run.accelerator.init_trackers(
+            run.cfg.train.tracker_project,
+            config=flat_config(run.cfg),
+            init_kwargs={"mlflow": {"run_name": name}, "wandb": {"name": name, "dir": str(run.output_dir)}},
+        )
 
 
 def epoch_loader(run: Run, state: TrainState):
@@ -221,7 +228,7 @@ def log_step(run: Run, state: TrainState, sums: metrics.StepSums, grad_norm, ela
 
         with (run.output_dir / TRAIN_LOG).open("a") as f:
             f.write(json.dumps(record) + "\n")
-    if cfg.train.tensorboard:
+    if cfg.train.report_to:
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
     return record
 

@@ -42,7 +42,7 @@ def main() -> None:
             "lora.dropout=0.0",
             f"train.batch_size={G}",
             f"train.grad_accum_steps={A}",
-            "train.tensorboard=false",
+            "train.report_to=[]",
             "train.output_dir=/tmp/unused-probe",
         ],
     )
