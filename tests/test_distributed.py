@@ -201,7 +201,10 @@ def test_saved_adapters_reload_to_the_same_embeddings(runs):
         embeddings[name] = SentenceEncoder.from_pretrained(run / "final").encode(SENTENCES)
     cached = load_file(runs["zero3_cached"] / "final" / "adapter_model.safetensors")
     uncached = load_file(runs["zero3"] / "final" / "adapter_model.safetensors")
-    assert max((cached[k] - uncached[k]).abs().max().item() for k in uncached) < 1e-5  # GradCache == plain
+    # GradCache == plain. Their gradients agree to 1e-5 relative at every step (the probe tests
+    # above); six Adam steps at lr 5e-3 amplify that round-off in near-zero gradient entries (one
+    # process vs ZeRO-3 differ by 6.5e-5 in a 0.13-sized tensor too), so compare relative to scale.
+    assert max(((cached[k] - uncached[k]).abs().max() / uncached[k].abs().max()).item() for k in uncached) < 2e-3
     evaluated = read_log(runs["zero3_cached"])
     assert ["eval_sts_spearman" in r for r in evaluated] == [False, False, True, False, False, True]
     base = embeddings.pop("single")

@@ -108,7 +108,7 @@ def test_missing_tracker_package_is_a_config_error(tiny_base, tmp_path, monkeypa
         ([], ["tensorboard"]),  # the default
         (["train.report_to=[]"], []),
         (["train.report_to=[mlflow,tensorboard]"], ["mlflow", "tensorboard"]),
-        (["train.report_to=[]"], []),  # a config saved before report_to existed still loads
+        (["train.tensorboard=false"], []),  # a config saved before report_to existed still loads
         (["train.tensorboard=true"], ["tensorboard"]),
     ],
 )
@@ -121,7 +121,7 @@ def test_report_to_values(overrides, expected):
     [
         (["train.report_to=[neptune]"], "train.report_to[0]: expected one of"),
         (["train.report_to=tensorboard"], "train.report_to: expected a list"),
-        (["train.report_to=[]", "train.report_to=[]"], "both set"),
+        (["train.tensorboard=false", "train.report_to=[]"], "both set"),
     ],
 )
 def test_bad_report_to_is_refused(overrides, message):
