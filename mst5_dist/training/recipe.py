@@ -29,6 +29,7 @@ from mst5_dist.lora import count_parameters
 from mst5_dist.training import builders, checkpoint, metrics
 from mst5_dist.training.checkpoint import TrainState
 from mst5_dist.training.evaluation import PeriodicEval
+from mst5_dist.training.flops import FlopModel
 from mst5_dist.training.output import OutputInUse, existing_run, output_lock, truncate_log
 from mst5_dist.training.signals import STOP
 from mst5_dist.training.step import train_step
@@ -53,7 +54,7 @@ class Run:
     evaluator: PeriodicEval
     epoch_batches: list[int]
     total_steps: int
-    total_params: int
+    flops: FlopModel
     output_dir: Path
 
 
@@ -86,6 +87,7 @@ def setup(cfg: Config) -> Run:
     encoder = builders.build_encoder(cfg)
     trainable, total = count_parameters(encoder)
     logger.info(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / max(total, 1):.3f}%)")
+    flops = FlopModel.from_encoder(encoder, cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     dataset, sampler, collator = builders.build_data(cfg, encoder, objective, world, rank, accelerator.device)
     epoch_batches, total_steps = builders.plan_steps(cfg, sampler, len(dataset))
@@ -100,7 +102,7 @@ def setup(cfg: Config) -> Run:
     checkpoint.register_state(accelerator, model, cfg)
     return Run(
         cfg, accelerator, model, optimizer, scheduler, objective, dataset, sampler, collator,
-        distributed.Gather(cfg.loss.gather_across_ranks), evaluator, epoch_batches, total_steps, total,
+        distributed.Gather(cfg.loss.gather_across_ranks), evaluator, epoch_batches, total_steps, flops,
         Path(cfg.train.output_dir),
     )  # fmt: skip
 
@@ -174,13 +176,17 @@ def epoch_loader(run: Run, state: TrainState):
 
 
 def loop(run: Run, state: TrainState) -> None:
-    """Optimizer steps until ``total_steps``: step, log, evaluate, and checkpoint when asked or stopped."""
+    """Optimizer steps until ``total_steps``: step; at a record step (logged, evaluated, checkpointed,
+    stopped or last) read the window's figures back, check them, log and evaluate; checkpoint when
+    asked or stopped. Between records nothing is read back to the host (no sync per step), except
+    ``distributed.any_rank``'s stop flag (a one-number all-reduce per step, in distributed runs)."""
     from tqdm.auto import tqdm
 
     cfg, accelerator = run.cfg, run.accelerator
     progress = tqdm(
         total=run.total_steps, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress_bar)
     )
+    window = metrics.LogWindow(accelerator.device)
     # A signal that came while the run was loading is honoured like any other: after the next step,
     # whose checkpoint keeps it (the SLURM supervisor relies on this: it forwards USR1 at once).
     run.model.train()
@@ -189,41 +195,60 @@ def loop(run: Run, state: TrainState) -> None:
         while state.step < run.total_steps and state.batch_in_epoch < run.epoch_batches[state.epoch]:
             start = time.perf_counter()
             with distributed.collective(f"step {state.step + 1} (forward, backward, gradient all-reduce)"):
-                sums, grad_norm = train_step(run, loader)
+                window.add(state.step + 1, *train_step(run, loader), start)
             state.batch_in_epoch += cfg.train.grad_accum_steps
             state.step += 1
-            with distributed.collective(f"step {state.step}: reducing the step's metrics"):
-                record = log_step(run, state, sums, grad_norm, time.perf_counter() - start)
             progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}")
-            if distributed.any_rank(STOP.requested, accelerator.device):
-                path = checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir, run.scheduler)
-                progress.close()
-                raise Interrupted(
-                    f"stopped by signal at step {state.step}; checkpoint {path}; rerun with --resume latest"
-                )
-            if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < run.total_steps:
-                checkpoint.save_checkpoint(accelerator, cfg, state, run.output_dir, run.scheduler)
+            end_of_step(run, state, window, progress)
     progress.close()
 
 
-def log_step(run: Run, state: TrainState, sums: metrics.StepSums, grad_norm, elapsed: float) -> dict[str, Any]:
-    """The step's record: reduced over ranks, evaluated when due, written to train_log.jsonl."""
+def end_of_step(run: Run, state: TrainState, window: metrics.LogWindow, progress) -> None:
+    """The record when one is due, then the checkpoint when asked or stopped (a stop signal is
+    honoured here, at a step boundary: its checkpoint keeps the step and its record)."""
+    stopping = distributed.any_rank(STOP.requested, run.accelerator.device)
+    checkpointing = stopping or checkpoint_due(run, state.step)
+    if checkpointing or record_due(run, state.step):
+        with distributed.collective(f"step {state.step}: reducing the metrics of the record"):
+            record = log_step(run, state, window)  # raises NonFinite before anything is written
+        progress.set_postfix(loss=f"{record['loss']:.4f}")
+    if checkpointing:
+        path = checkpoint.save_checkpoint(run.accelerator, run.cfg, state, run.output_dir, run.scheduler)
+        if stopping:
+            progress.close()
+            raise Interrupted(f"stopped by signal at step {state.step}; checkpoint {path}; rerun with --resume latest")
+
+
+def checkpoint_due(run: Run, step: int) -> bool:
+    """``train.save_every`` says so (the last step's checkpoint is ``save``'s)."""
+    every = run.cfg.train.save_every
+    return bool(every) and step % every == 0 and step < run.total_steps
+
+
+def record_due(run: Run, step: int) -> bool:
+    """A ``train_log.jsonl`` record now: every ``train.log_every`` steps, at evaluations and at the end
+    (checkpoint steps too: the loop asks ``checkpoint_due`` first)."""
+    return step % run.cfg.train.log_every == 0 or run.evaluator.due(step, run.total_steps) or step == run.total_steps
+
+
+def log_step(run: Run, state: TrainState, window: metrics.LogWindow) -> dict[str, Any]:
+    """The record of the window's steps: reduced over ranks (the one host sync), checked for a
+    non-finite step, evaluated when due, written to train_log.jsonl and the trackers."""
     cfg, accelerator = run.cfg, run.accelerator
-    reduced = accelerator.reduce(sums.values, reduction="sum").cpu()
+    summed, per_rank = window.device_values(metrics.peak_memory_mb())
+    summed = accelerator.reduce(summed, reduction="sum").cpu()
+    per_rank = accelerator.gather(per_rank).reshape(accelerator.num_processes, -1).cpu()
+    elapsed = time.perf_counter() - window.started  # after the read-back: the window's work is done
+    metrics.first_bad_step(per_rank)  # every rank holds the same gathered figures: all stop together
     record = metrics.step_record(
-        step=state.step, epoch=state.epoch, sums=reduced, grad_norm=grad_norm, lr=run.scheduler.get_last_lr()[0],
-        elapsed=elapsed, world=accelerator.num_processes, accum=cfg.train.grad_accum_steps,
-        total_params=run.total_params, peak_flops=metrics.peak_bf16_flops(),
+        step=state.step, epoch=state.epoch, window=window, summed=summed, per_rank=per_rank,
+        lr=run.scheduler.get_last_lr()[0], elapsed=elapsed, world=accelerator.num_processes,
+        accum=cfg.train.grad_accum_steps, flops=run.flops, peak_flops=metrics.peak_bf16_flops(),
     )  # fmt: skip
-    metrics.check_finite(record)  # every rank holds the same reduced figures: all stop together
-    logged = state.step % cfg.train.log_every == 0
-    if logged:  # a collective: every rank takes the same branch
-        per_rank = accelerator.gather(torch.tensor([record["peak_memory_mb"]], device=accelerator.device))
-        record["peak_memory_mb_per_rank"] = [round(float(m), 1) for m in per_rank.cpu()]
+    window.reset()
     if run.evaluator.due(state.step, run.total_steps):
         run.evaluator.run(accelerator, run.model, run.output_dir, record)
-    if accelerator.is_main_process and logged:
+    if accelerator.is_main_process:
         import json
 
         with (run.output_dir / TRAIN_LOG).open("a") as f:

@@ -13,7 +13,12 @@ from mst5_dist.training.metrics import StepSums
 
 
 def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors on ``device``; to a GPU through pinned memory without blocking (a plain
+    copy from pageable memory would wait for the GPU to finish the queued work: a sync per step)."""
+    if torch.device(device).type != "cuda":
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}  # fmt: skip
 
 
 def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, gather) -> torch.Tensor:
@@ -28,20 +33,21 @@ def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, g
     return objective.loss(emb, batch, gather)
 
 
-def clip_gradients(accelerator, model, cfg: Config) -> float | None:
-    """Global grad norm BEFORE clipping (None under DeepSpeed, which clips in its own step)."""
+def clip_gradients(accelerator, model, cfg: Config) -> torch.Tensor | None:
+    """Global grad norm BEFORE clipping, as a device tensor (no host sync; None under DeepSpeed,
+    which clips in its own step)."""
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    return None if norm is None else float(norm)
+    return None if norm is None else norm.detach()
 
 
-def deepspeed_grad_norm(model) -> float | None:
+def deepspeed_grad_norm(model) -> float | torch.Tensor | None:
+    """DeepSpeed's norm of the step (a float it already read back, or a tensor)."""
     get = getattr(model, "get_global_grad_norm", None)
-    norm = get() if get else None
-    return None if norm is None else float(norm)
+    return get() if get else None
 
 
-def train_step(run, loader) -> tuple[StepSums, float | None]:
+def train_step(run, loader) -> tuple[StepSums, torch.Tensor | float | None]:
     """``grad_accum_steps`` micro-batches from ``loader`` and one optimizer step."""
     accelerator, model, optimizer, cfg = run.accelerator, run.model, run.optimizer, run.cfg
     sums = StepSums(accelerator.device)
