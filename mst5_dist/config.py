@@ -197,7 +197,7 @@ class TrainConfig:
     """Write a train_log.jsonl line every N optimizer steps."""
 
     save_every: int | None = None
-    """Write a resumable checkpoint every N optimizer steps (None: only at the end)."""
+    """Write a resumable checkpoint every N optimizer steps (None or 0: only at the end)."""
 
     keep_checkpoints: int = 2
     """How many step checkpoints to keep (oldest removed first)."""
@@ -345,7 +345,7 @@ LIMITS: dict[str, Any] = {
     "train.epochs": _min(1),
     "train.max_steps": _min(1),
     "train.log_every": _min(1),
-    "train.save_every": _min(1),
+    "train.save_every": _min(0),  # 0, like None, means "only at the end" (configs in use write 0)
     "train.keep_checkpoints": _min(1),
     "train.collective_timeout_s": _positive(),
     "eval.every_steps": _min(1),

@@ -49,6 +49,7 @@ BAD_SETTINGS = [  # (override, what the one line must say); each fails before an
     ("train.grad_accum_steps=0", "train.grad_accum_steps: must be >= 1, got 0"),
     ("train.max_steps=0", "train.max_steps: must be >= 1, got 0"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints: must be >= 1, got 0"),
+    ("train.save_every=-1", "train.save_every: must be >= 0, got -1"),
     ("model.max_seq_length=0", "model.max_seq_length: must be >= 1, got 0"),
     ("model.max_seq_length=-5", "model.max_seq_length: must be >= 1, got -5"),
     ("optim.lr=-1e-4", "optim.lr: must be a finite number > 0, got -0.0001"),
@@ -64,6 +65,12 @@ def test_bad_settings_exit_2_naming_the_command_line(override, message, tmp_path
     assert main(tiny_args("runs/none", out, override)) == 2
     assert last_line(capsys) == f"mst5 train: error: command line: override '{override}': {message}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "null"])
+def test_save_every_zero_or_null_means_only_at_the_end(value):
+    """The control beside ``train.save_every=-1``: configs in use write 0 for "no periodic checkpoints"."""
+    assert load_config(TINY_CONFIG, [f"train.save_every={value}"]).train.save_every in (0, None)
 
 
 def test_a_bad_value_in_the_file_names_the_file(tmp_path, capsys):
