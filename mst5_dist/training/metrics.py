@@ -47,15 +47,16 @@ def peak_memory_mb() -> float:
 
 class StepSums:
     """Per-step sums over micro-batches, kept on the device (no host sync until the step ends):
-    loss, real tokens, padded tokens, sentences."""
+    loss, real tokens, padded tokens (what the encoder ran: rows x width of each chunk), sentences,
+    chunks."""
 
     def __init__(self, device) -> None:
-        self.values = torch.zeros(4, dtype=torch.float64, device=device)
+        self.values = torch.zeros(5, dtype=torch.float64, device=device)
 
     def add(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
         self.values[0] += loss.detach().to(torch.float64)
         self.values[1:] += torch.tensor(
-            [batch["real_tokens"], batch["padded_tokens"], batch["input_ids"].shape[0]],
+            [batch["real_tokens"], batch["padded_tokens"], batch["sentences"], batch["chunks"]],
             dtype=torch.float64,
             device=self.values.device,
         )
@@ -66,7 +67,7 @@ def step_record(
     world: int, accum: int, total_params: int, peak_flops: float | None,
 ) -> dict[str, Any]:  # fmt: skip
     """``sums``: the step's ``StepSums`` reduced (summed) over ranks, on the CPU."""
-    loss, real, padded, sentences = (float(v) for v in sums)
+    loss, real, padded, sentences, chunks = (float(v) for v in sums)
     record = {
         "step": step,
         "epoch": epoch,
@@ -76,6 +77,7 @@ def step_record(
         "sentences_per_s": sentences / elapsed,
         "tokens_per_s": real / elapsed,
         "padding_fraction": 1.0 - real / padded,
+        "chunks": chunks / world,  # encoder calls per rank in the step (all micro-batches)
         "step_time_s": elapsed,
         "peak_memory_mb": peak_memory_mb(),
         "world_size": world,

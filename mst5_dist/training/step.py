@@ -7,24 +7,22 @@ from typing import Any
 
 import torch
 
+from mst5_dist import encoding
 from mst5_dist.config import Config
-from mst5_dist.gradcache import chunked_embeddings
 from mst5_dist.training.metrics import StepSums
 
 
 def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.to(device) if isinstance(v, (torch.Tensor, encoding.ChunkedBatch)) else v for k, v in batch.items()}
 
 
 def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, gather) -> torch.Tensor:
-    """Every text of the batch is encoded together (one forward, or GradCache chunks); the
-    objective turns the embeddings into its loss."""
+    """Every text of the batch is encoded in the collator's length-sorted chunks (GradCache:
+    checkpointed), back in input order; the objective turns the embeddings into its loss. The
+    batch's token and chunk counts are updated in place when the ranks agree on a chunk count."""
+    encoding.agree_across_ranks(batch, device)
     batch = to_device(batch, device)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    if cfg.loss.cache_chunk_size:
-        emb = chunked_embeddings(model, ids, mask, cfg.loss.cache_chunk_size)
-    else:
-        emb = model(ids, mask)
+    emb = encoding.encode(model, batch["encode"], checkpointed=bool(cfg.loss.cache_chunk_size))
     return objective.loss(emb, batch, gather)
 
 
