@@ -86,11 +86,12 @@ def main() -> None:
         gather = distributed.Gather(cfg.loss.gather_across_ranks)
         chunker = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id, accelerator.device.type)
         collator = BatchCollator(encoder.tokenizer, 64, objective, chunker)
-        losses, chunk_counts = [], []
+        losses, chunk_counts, planned = [], [], []
         for micro in range(A):
             batch = collator(rows[micro * G : (micro + 1) * G][rank * local : (rank + 1) * local])
             if args.fault and cfg.loss.chunk_tokens is not None:
                 break_on_purpose(batch, args.fault)
+            planned.append(accelerator.gather(torch.tensor([batch["chunks"]], device=accelerator.device)).tolist())
             if deepspeed:
                 # The engine itself: accelerator.backward would also run engine.step() at the
                 # boundary, and the gradients must be read between backward and step.
@@ -111,7 +112,7 @@ def main() -> None:
         else:
             grads = {n: p.grad.detach().cpu().clone() for n, p in zip(names, params)}
         key = f"chunk={chunk},hard={hard}" + ("" if args.tokens is None else f",tokens={tok}")
-        results[key] = {"losses": losses, "grads": grads, "chunks": chunk_counts}
+        results[key] = {"losses": losses, "grads": grads, "chunks": chunk_counts, "planned": planned}
         if deepspeed:
             model.step()  # boundary step with lr 0: weights unchanged, gradients cleared, counter advanced
         else:
