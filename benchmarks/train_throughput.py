@@ -13,7 +13,9 @@ for a fixed number of optimizer steps by
   ``aware`` length-aware encoding (the default ``loss.chunk_tokens=16384``: anchors, positives and
   negatives sorted by length and encoded in chunks padded to their own width, one backward),
   ``onewidth`` (``loss.chunk_tokens=null``: the whole batch at one width in ONE forward pass, the
-  trainer before length-aware encoding), ``nogroup`` (length-aware, ``data.length_grouping=false``);
+  trainer before length-aware encoding), ``nogroup`` (length-aware, ``data.length_grouping=false``),
+  ``overhead512`` (length-aware, ``loss.chunk_overhead_tokens=512``, fewer and larger chunks than the
+  CPU ``auto`` of 32: the per-chunk cost ``benchmarks/chunk_overhead.py`` measures for the tiny mT5);
 * sentence-transformers: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on a
   ``datasets.Dataset`` with columns (anchor, positive, negative), its default batch sampler,
   ``dataloader_drop_last=True`` (every step is a full batch, like ours).
@@ -96,6 +98,7 @@ VARIANTS = {  # name -> (label, our extra overrides)
     "aware": ("ours, length-aware", []),
     "onewidth": ("ours, one width", ["loss.chunk_tokens=null"]),
     "nogroup": ("ours, aware, no grouping", ["data.length_grouping=false"]),
+    "overhead512": ("ours, aware, overhead 512", ["loss.chunk_overhead_tokens=512"]),
 }
 NOISY = 0.10  # a run during which other processes used more than this share of the CPU is redone
 
