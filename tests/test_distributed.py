@@ -201,7 +201,11 @@ def test_saved_adapters_reload_to_the_same_embeddings(runs):
         embeddings[name] = SentenceEncoder.from_pretrained(run / "final").encode(SENTENCES)
     cached = load_file(runs["zero3_cached"] / "final" / "adapter_model.safetensors")
     uncached = load_file(runs["zero3"] / "final" / "adapter_model.safetensors")
-    assert max((cached[k] - uncached[k]).abs().max().item() for k in uncached) < 1e-5  # GradCache == plain
+    # GradCache == plain after 6 Adam steps. The two runs cut different chunks (5-row GradCache chunks
+    # vs length-aware ones), so sums run in other orders: measured 1.8e-5, while every 2-rank backend
+    # is 4-6e-5 from the one-process run (weights up to 0.13). Gradients agree to 1e-5 relative in
+    # test_two_ranks_equal_one_process_gradients; Adam moves each weight by up to lr x steps = 3e-2.
+    assert max((cached[k] - uncached[k]).abs().max().item() for k in uncached) < 1e-4
     evaluated = read_log(runs["zero3_cached"])
     assert ["eval_sts_spearman" in r for r in evaluated] == [False, False, True, False, False, True]
     base = embeddings.pop("single")
