@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_arithmetic import activations_per_sequence, encoder_params, lora_params
 
+from mst5_dist import encoding
 from mst5_dist.config import load_config
 from mst5_dist.families import MT5_SIZES, MT5_VOCAB
 
@@ -77,15 +78,12 @@ def build_encoder(shape: str, seed: int, device, dtype=torch.float32, lora: bool
     return encoder.to(device)
 
 
-def random_batch(n: int, seq: int, vocab: int, seed: int) -> dict:
-    """3n rows (anchors, positives, negatives) of random ids, lengths seq/2..seq, right padded."""
+def random_ids(n: int, seq: int, vocab: int, seed: int) -> list[list[int]]:
+    """3n rows (anchors, positives, negatives) of random token ids, lengths seq/2..seq."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (3 * n, seq), generator=g)
     lengths = torch.randint(seq // 2, seq + 1, (3 * n,), generator=g)
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-    ids = ids * mask
-    return {"input_ids": ids, "attention_mask": mask, "n": n, "real_tokens": int(mask.sum()),
-            "padded_tokens": int(mask.numel())}  # fmt: skip
+    return [row[:length].tolist() for row, length in zip(ids, lengths.tolist(), strict=True)]
 
 
 class Trainer:
@@ -109,10 +107,14 @@ class Trainer:
         )  # fmt: skip
         self.flops = FlopModel.from_encoder(encoder, self.cfg)
         self.device, self.bf16 = accelerator.device, bf16
+        self.chunker = encoding.chunker(self.cfg.loss, 0, self.device.type)  # the run's length-aware chunks
 
-    def step(self, batch):
+    def step(self, ids: list[list[int]]):
+        """One optimizer step on ``ids``, collated as the trainer's collator does."""
         from mst5_dist.training.step import train_step
 
+        chunked = self.chunker(ids)
+        batch = {"encode": chunked, **chunked.counts(), "n": len(ids) // 3}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return train_step(self.run, iter([batch]))
 
@@ -147,7 +149,7 @@ def train_check(accelerator, shape: str, n: int, seq: int, steps: int, bf16: boo
     encoder = build_encoder(shape, 0, device, torch.bfloat16 if bf16 and cuda else torch.float32)
     trainer = Trainer(accelerator, encoder, bf16=bf16)
     vocab = SHAPES[shape][4]
-    batches = [random_batch(n, seq, vocab, seed) for seed in range(steps + 2)]
+    batches = [random_ids(n, seq, vocab, seed) for seed in range(steps + 2)]
     for batch in batches[:2]:  # warm-up (kernels, allocator)
         trainer.step(batch)
     if cuda:
@@ -197,7 +199,7 @@ def precision_check(accelerator, shape: str, n: int, seq: int, steps: int, injec
         info("bf16 vs fp32: skipped, bf16 is not supported on this device")
         return
     vocab = SHAPES[shape][4]
-    batches = [random_batch(n, seq, vocab, 100 + s) for s in range(steps)]
+    batches = [random_ids(n, seq, vocab, 100 + s) for s in range(steps)]
     losses = {}
     for bf16 in (False, True):
         encoder = build_encoder(shape, 7 if (bf16 and inject) else 0, device)
@@ -213,7 +215,7 @@ def precision_check(accelerator, shape: str, n: int, seq: int, steps: int, injec
 def gradcache_check(accelerator, shape: str, n: int, seq: int, chunk: int, inject: bool) -> None:
     """GradCache (loss.cache_chunk_size) on vs off: loss and LoRA gradients of one step (fp32), and memory."""
     device = accelerator.device
-    batch = random_batch(n, seq, SHAPES[shape][4], 5)
+    batch = random_ids(n, seq, SHAPES[shape][4], 5)
     out = {}
     for cached in (False, True):
         encoder = build_encoder(shape, 3 if (cached and inject) else 0, device)
@@ -247,7 +249,8 @@ def onnx_check(device, inject: bool) -> None:
         wrapper.backbone.config._attn_implementation = "eager"
         path = export_onnx(wrapper, Path(tmp) / "model.onnx", opset=17, pad_id=0, vocab_size=vocab)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        batch = random_batch(16, 48, vocab, 9)
+        padded = encoding.Chunker(0)(random_ids(16, 48, vocab, 9))  # one chunk, one width, input order
+        batch = {"input_ids": padded.input_ids[0], "attention_mask": padded.attention_mask[0]}
         feeds = {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()}
         ort_emb = session.run(None, feeds)[1]
     reference = build_encoder(shape, 11, "cpu", lora=False) if inject else encoder

@@ -8,9 +8,14 @@ max_seq_length, learning rate, warm-up ratio, grad clipping and temperature (sca
 for a fixed number of optimizer steps by
 
 * ours: ``python -m mst5_dist.cli train --config configs/tiny.yaml ...`` (InfoNCE with hard
-  negatives: anchors, positives and negatives of a batch go through ONE forward pass), once with
-  ``data.length_grouping=true`` (the default) and once with ``false``; configs/tiny.yaml sorts by
-  length inside shuffled buckets of ``data.bucket_batches=2`` batches (``--bucket-batches N``);
+  negatives; configs/tiny.yaml sorts rows by length inside shuffled buckets of
+  ``data.bucket_batches=2`` batches, ``--bucket-batches N``), in the variants of ``--variants``:
+  ``aware`` length-aware encoding (the default ``loss.chunk_tokens=16384``: anchors, positives and
+  negatives sorted by length and encoded in chunks padded to their own width, one backward),
+  ``onewidth`` (``loss.chunk_tokens=null``: the whole batch at one width in ONE forward pass, the
+  trainer before length-aware encoding), ``nogroup`` (length-aware, ``data.length_grouping=false``),
+  ``overhead512`` (length-aware, ``loss.chunk_overhead_tokens=512``, fewer and larger chunks than the
+  CPU ``auto`` of 32: the per-chunk cost ``benchmarks/chunk_overhead.py`` measures for the tiny mT5);
 * sentence-transformers: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` on a
   ``datasets.Dataset`` with columns (anchor, positive, negative), its default batch sampler,
   ``dataloader_drop_last=True`` (every step is a full batch, like ours).
@@ -35,14 +40,13 @@ sentence-transformers (goal >= 1.0x), the padding fraction, and "other CPU": the
 machine's CPU time that OTHER processes used during the run (from /proc/stat minus the run's own
 rusage). Two OpenMP threads on a 2-core machine slow down many times over when anything else runs,
 so each run first waits (``--max-wait``) for an idle CPU, and a run with more than 10% other CPU
-is redone (``--retries``) and the fastest kept. Below the table: our padding fraction with and
-without length grouping (goal < 15% with grouping).
+is redone (``--retries``) and the fastest kept. Below the table: our padding fraction per variant
+against the goals of issue 17 (padding < 10%, >= 1.5x sentence-transformers' sentences/s).
 
-Why the padding stays high with grouping: our collator pads anchors, positives and negatives of a
-batch to ONE width (one forward pass), and grouping sorts rows by their longest sentence. SNLI
-premises are about twice as long as the hypotheses, so even perfect grouping leaves ~30-33% of the
-tokens as padding on this data (measured with both tokenizers), and tiny.yaml's 2-batch buckets
-leave ~45%.
+Why one width pads so much: anchors, positives and negatives of a batch padded to ONE width, with
+rows grouped by their longest sentence; SNLI premises are about twice as long as the hypotheses, so
+even perfect grouping leaves ~30-33% of the tokens as padding there, and tiny.yaml's 2-batch buckets
+~45%. Length-aware encoding sorts the sequences themselves, whatever column they come from.
 
 ``--clock cpu`` is for a machine other jobs are using: steps are timed in CPU seconds of the
 training process (``time.process_time``; for ours by running the CLI through a launcher that gives
@@ -52,8 +56,10 @@ work per sentence; with 2 threads, 2 x sentences/CPU-s is an upper bound of idle
 
 Data: by default the SNLI 1.0 dev rows in ``$MST5_SHARED_DATA/nli`` (``../shared/data``), turned
 into triplets by ``mst5_dist.data.read_snli`` (412 English triplets; premises are about twice as
-long as hypotheses); ``--data tiny`` uses the embedded 300 multilingual triplets instead,
-``--data both`` concatenates them. Nothing is written into the repository: models, data copies and
+long as hypotheses); ``--data xnli`` the XNLI dev rows in ``$MST5_SHARED_DATA/xnli``, cross-lingual
+(``mst5_dist.data.read_xnli``, mSimCSE sampling over en, de, fr, es, ar: 4,150 triplets);
+``--data tiny`` uses the embedded 300 multilingual triplets instead, ``--data both`` concatenates
+SNLI and tiny. Nothing is written into the repository: models, data copies and
 run folders live in a temporary directory (``--keep DIR`` to keep them).
 
 Run (about 3-5 minutes on 2 CPU cores with the defaults)::
@@ -87,6 +93,13 @@ TEMPERATURE = 0.05  # ours (tiny.yaml); sentence-transformers' MNRL scale = 1 / 
 WARMUP_RATIO = 0.1
 MAX_GRAD_NORM = 1.0
 SEED = 42
+XNLI_LANGUAGES = ["en", "de", "fr", "es", "ar"]
+VARIANTS = {  # name -> (label, our extra overrides)
+    "aware": ("ours, length-aware", []),
+    "onewidth": ("ours, one width", ["loss.chunk_tokens=null"]),
+    "nogroup": ("ours, aware, no grouping", ["data.length_grouping=false"]),
+    "overhead512": ("ours, aware, overhead 512", ["loss.chunk_overhead_tokens=512"]),
+}
 NOISY = 0.10  # a run during which other processes used more than this share of the CPU is redone
 
 
@@ -99,10 +112,12 @@ def shared_data_root() -> Path:
 
 def write_triplets(kind: str, path: Path) -> int:
     """Write {anchor, positive, negative, source_id} rows to a temporary JSONL; return the count."""
-    from mst5_dist.data import read_jsonl, read_snli
+    from mst5_dist.data import read_jsonl, read_snli, read_xnli
     from mst5_dist.tiny_default import builtin_path
 
     rows: list[dict] = []
+    if kind == "xnli":
+        rows += read_xnli(shared_data_root() / "xnli", "dev", XNLI_LANGUAGES, cross_lingual=True, seed=SEED).rows
     if kind in ("snli", "both"):
         snli = shared_data_root() / "nli" / "snli_1.0_dev.jsonl"
         if not snli.is_file():
@@ -206,7 +221,7 @@ def run_child(cmd: list[str], env: dict[str, str], log_path: Path, max_wait: flo
 # ------------------------------------------------------------------------------------ ours
 
 
-def run_ours(model_dir: Path, data: Path, n_rows: int, out: Path, args, mode: str, grouping: bool) -> dict:
+def run_ours(model_dir: Path, data: Path, n_rows: int, out: Path, args, mode: str, extra: list[str]) -> dict:
     # Enough epochs for max_steps (the source-id rule drops a few rows per epoch).
     epochs = math.ceil(args.steps / max(1, n_rows // args.batch_size - 1)) + 1
     overrides = [
@@ -220,7 +235,6 @@ def run_ours(model_dir: Path, data: Path, n_rows: int, out: Path, args, mode: st
         f"lora.dropout={LORA_DROPOUT}",
         "data.format=jsonl",
         f"data.paths=[{data}]",
-        f"data.length_grouping={'true' if grouping else 'false'}",
         *([f"data.bucket_batches={args.bucket_batches}"] if args.bucket_batches else []),
         f"data.cache_dir={out.parent / 'arrow-cache'}",
         f"loss.temperature={TEMPERATURE}",
@@ -236,6 +250,7 @@ def run_ours(model_dir: Path, data: Path, n_rows: int, out: Path, args, mode: st
         "train.progress_bar=false",
         "train.report_to=[]",
         "train.save_every=null",
+        *extra,
     ]
     entry = ["-m", "mst5_dist.cli"] if args.clock == "wall" else ["-c", CPU_CLOCK_LAUNCHER]
     cmd = [sys.executable, *entry, "train", "--config", str(TINY_CONFIG), *overrides]
@@ -253,6 +268,7 @@ def run_ours(model_dir: Path, data: Path, n_rows: int, out: Path, args, mode: st
         "sentences_per_s": sentences / seconds,
         "median_sentences_per_s": 3 * args.batch_size / statistics.median(r["step_time_s"] for r in timed),
         "padding": sum(r["padding_fraction"] for r in records) / len(records),
+        "chunks": sum(r.get("chunks", 1) for r in records) / len(records),
         "trainable": int(m.group(1).replace(",", "")) if m else None,
         "steps": len(records),
         "foreign_cpu": foreign,
@@ -408,6 +424,38 @@ def run_st(model_name: str, model_dir: Path, data: Path, out: Path, args, mode: 
 # ------------------------------------------------------------------------------------ main
 
 
+def print_table(results: list, unit: str) -> None:
+    print()
+    header = (
+        f"{'model':<9} {'mode':<5} {'side':<26} {'trainable':>10} {unit:>9} {'ours/ST':>7} "
+        f"{'median':>9} {'ours/ST':>7} {'padding':>7} {'chunks':>6} {'other CPU':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for model, mode, ours, st in results:
+        sides = [(VARIANTS[v][0], r) for v, r in ours.items()] + [("sentence-transformers MNRL", st)]
+        for side, r in sides:
+            ratio = r["sentences_per_s"] / st["sentences_per_s"]
+            med_ratio = r["median_sentences_per_s"] / st["median_sentences_per_s"]
+            trainable = f"{r['trainable']:,}" if r.get("trainable") is not None else "?"
+            chunks = f"{r['chunks']:.1f}" if "chunks" in r else "-"
+            print(
+                f"{model:<9} {mode:<5} {side:<26} {trainable:>10} {r['sentences_per_s']:>9.0f} {ratio:>6.2f}x "
+                f"{r['median_sentences_per_s']:>9.0f} {med_ratio:>6.2f}x {100 * r['padding']:>6.1f}% {chunks:>6} "
+                f"{100 * r['foreign_cpu']:>8.0f}%"
+            )
+    print()
+    print("Against the goals of issue 17 (padding < 10%, >= 1.5x sentence-transformers MNRL sentences/s):")
+    for model, mode, ours, st in results:
+        for v, r in ours.items():
+            ratio = r["sentences_per_s"] / st["sentences_per_s"]
+            print(
+                f"  {model:<9} {mode:<5} {VARIANTS[v][0]:<26} padding {100 * r['padding']:5.1f}% "
+                f"({'meets' if r['padding'] < 0.10 else 'ABOVE'} 10%), {ratio:.2f}x "
+                f"({'meets' if ratio >= 1.5 else 'BELOW'} 1.5x); sentence-transformers padding {100 * st['padding']:.1f}%"
+            )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per run (default 30)")
@@ -416,10 +464,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seq-length", type=int, default=64, help="tokens per sentence (default 64)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, both sides (default 5e-4)")
     p.add_argument("--threads", type=int, default=2, help="OMP/MKL threads of every run (default 2)")
-    p.add_argument("--data", choices=["snli", "tiny", "both"], default="snli", help="triplets (default snli)")
+    p.add_argument("--data", choices=["snli", "xnli", "tiny", "both"], default="snli", help="triplets (default snli)")
     p.add_argument("--bucket-batches", type=int, default=None, help="our data.bucket_batches (tiny.yaml: 2)")
     p.add_argument("--models", default="tiny-mt5,minilm", help="comma list of tiny-mt5, minilm")
     p.add_argument("--modes", default="lora", help="comma list of lora, full (default lora)")
+    p.add_argument("--variants", default="aware,onewidth", help=f"our variants, comma list of {', '.join(VARIANTS)}")
     p.add_argument(
         "--max-wait", type=float, default=60.0, help="seconds to wait for an idle CPU before each run (default 60)"
     )
@@ -456,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         if m not in ("lora", "full"):
             raise SystemExit(f"unknown mode {m!r} (lora, full)")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r} ({', '.join(VARIANTS)})")
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mst5-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -502,50 +555,18 @@ def main(argv: list[str] | None = None) -> int:
                 mdir = model_dirs[model]
                 # Alternate sides so a slow drift of the machine does not favour one of them.
                 st = measure(partial(run_st, model, mdir, data, args=args, mode=mode), work / f"{tag}-st")
-                grouped = measure(
-                    partial(run_ours, mdir, data, n_rows, args=args, mode=mode, grouping=True),
-                    work / f"{tag}-ours-grouped",
-                )
-                flat = measure(
-                    partial(run_ours, mdir, data, n_rows, args=args, mode=mode, grouping=False),
-                    work / f"{tag}-ours-nogroup",
-                )
+                ours = {}
+                for v in variants:
+                    run = partial(run_ours, mdir, data, n_rows, args=args, mode=mode, extra=VARIANTS[v][1])
+                    ours[v] = measure(run, work / f"{tag}-ours-{v}")
                 print(
-                    f"  {tag}: sentence-transformers {st['sentences_per_s']:.0f}, ours grouped "
-                    f"{grouped['sentences_per_s']:.0f}, ours ungrouped {flat['sentences_per_s']:.0f} {unit}",
+                    f"  {tag}: sentence-transformers {st['sentences_per_s']:.0f}, "
+                    + ", ".join(f"{VARIANTS[v][0]} {r['sentences_per_s']:.0f}" for v, r in ours.items())
+                    + f" {unit}",
                     flush=True,
                 )
-                results.append((model, mode, grouped, flat, st))
-
-        print()
-        header = (
-            f"{'model':<9} {'mode':<5} {'side':<26} {'trainable':>10} {unit:>9} {'ours/ST':>7} "
-            f"{'median':>9} {'ours/ST':>7} {'padding':>7} {'other CPU':>9}"
-        )
-        print(header)
-        print("-" * len(header))
-        for model, mode, grouped, flat, st in results:
-            for side, r in (
-                ("ours, length grouping", grouped),
-                ("ours, no grouping", flat),
-                ("sentence-transformers MNRL", st),
-            ):
-                ratio = r["sentences_per_s"] / st["sentences_per_s"]
-                med_ratio = r["median_sentences_per_s"] / st["median_sentences_per_s"]
-                trainable = f"{r['trainable']:,}" if r.get("trainable") is not None else "?"
-                print(
-                    f"{model:<9} {mode:<5} {side:<26} {trainable:>10} {r['sentences_per_s']:>9.0f} {ratio:>6.2f}x "
-                    f"{r['median_sentences_per_s']:>9.0f} {med_ratio:>6.2f}x {100 * r['padding']:>6.1f}% "
-                    f"{100 * r['foreign_cpu']:>8.0f}%"
-                )
-        print()
-        print("Our padding fraction (mean over steps), with vs without data.length_grouping:")
-        for model, mode, grouped, flat, st in results:
-            verdict = "meets the < 15% goal" if grouped["padding"] < 0.15 else "ABOVE the 15% goal"
-            print(
-                f"  {model:<9} {mode:<5} grouping {100 * grouped['padding']:5.1f}%   no grouping "
-                f"{100 * flat['padding']:5.1f}%   ({verdict}; sentence-transformers {100 * st['padding']:.1f}%)"
-            )
+                results.append((model, mode, ours, st))
+        print_table(results, unit)
         print(
             f"\n{unit}: 3 x batch x timed steps / their total "
             + ("wall seconds" if args.clock == "wall" else "CPU seconds (all threads of the training process)")

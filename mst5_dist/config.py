@@ -138,7 +138,18 @@ class LossConfig:
 
     cache_chunk_size: int | None = None
     """GradCache: encode each step's sequences this many at a time without keeping activations
-    (peak memory ~ one chunk, gradients unchanged); None encodes the batch in one pass."""
+    (peak memory ~ one chunk, gradients unchanged); None keeps every chunk's activations."""
+
+    chunk_tokens: int | None = 16384
+    """Length-aware encoding: the step's sequences (all texts of this rank's micro-batch) are sorted
+    by length and encoded in chunks, each padded only to its own longest sequence, of at most this
+    many tokens (rows x width), with ONE backward per step (``mst5_dist.encoding``). Must hold one
+    ``model.max_seq_length`` sequence. None: the whole batch at one width in one forward (the
+    reference path; with GradCache, ``cache_chunk_size`` consecutive rows of the sorted batch)."""
+
+    chunk_overhead_tokens: int | Literal["auto"] = "auto"
+    """What one more chunk costs, in tokens of work (kernel launches, per-call overhead): chunks are
+    cut where the padding saved exceeds it. ``auto``: 32 on CPU, 8192 on CUDA."""
 
     pivot_model: str = ""
     """Objective ``cla``: the pivot language's module (a ``final/`` folder) that embeds the other
@@ -334,6 +345,8 @@ LIMITS: dict[str, Any] = {
     "data.bucket_batches": _min(1),
     "loss.temperature": _positive(),
     "loss.cache_chunk_size": _min(1),
+    "loss.chunk_tokens": _min(1),
+    "loss.chunk_overhead_tokens": ((lambda v: v == "auto" or v >= 0), "must be auto or an integer >= 0"),
     "optim.lr": _positive(),
     "optim.weight_decay": _non_negative(),
     "optim.eps": _positive(),
@@ -362,6 +375,12 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value is not None and not ok(value):
             raise _error(key, f"{must}, got {value!r}")
+    if cfg.loss.chunk_tokens is not None and cfg.loss.chunk_tokens < cfg.model.max_seq_length:
+        raise _error(
+            "loss.chunk_tokens",
+            f"must hold one sequence of model.max_seq_length={cfg.model.max_seq_length} tokens, "
+            f"got {cfg.loss.chunk_tokens}",
+        )
     return cfg
 
 

@@ -177,6 +177,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest ``value`` of any rank, on every rank."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def from_main(fn):
     """``fn()`` computed on rank 0 only and its (picklable) result handed to every rank: work all
     ranks need once (verifying a checkpoint's files), without every rank reading everything."""

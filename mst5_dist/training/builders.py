@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from mst5_dist import distributed
+from mst5_dist import distributed, encoding
 from mst5_dist.config import Config, ConfigError
 from mst5_dist.data import (
     BatchCollator,
@@ -119,7 +119,8 @@ def build_data(cfg: Config, encoder: SentenceEncoder, objective, world_size: int
         bucket_batches=cfg.data.bucket_batches,
     )
     objective.setup(SetupContext(cfg, dataset, device))
-    return dataset, sampler, BatchCollator(encoder.tokenizer, encoder.max_seq_length, objective)
+    chunks = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id or 0, torch.device(device).type)
+    return dataset, sampler, BatchCollator(encoder.tokenizer, encoder.max_seq_length, objective, chunks)
 
 
 def plan_steps(cfg: Config, sampler: GlobalBatchSampler, n_rows: int) -> tuple[list[int], int]:

@@ -46,18 +46,12 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def attended(mask: torch.Tensor) -> tuple[int, int]:
-    """(sum of l^2 over the rows, rows x width^2): what each token attends over, real and padded
-    (the attention term of ``flops.FlopModel``), from a CPU attention mask (no device sync)."""
-    lengths = mask.sum(dim=1).to(torch.int64)
-    return int((lengths * lengths).sum()), int(mask.shape[0] * mask.shape[1] ** 2)
-
-
 class StepSums:
     """Per-step sums over micro-batches: the loss stays on the device (no host sync); the counts
-    the host knows anyway (real and padded tokens, sentences, attended widths) stay on the host."""
+    the host knows anyway (real tokens, padded tokens = rows x width of each chunk the encoder ran,
+    sentences, chunks, attended widths) stay on the host."""
 
-    COUNTS = ("real_tokens", "padded_tokens", "sentences", "real_attended", "padded_attended")
+    COUNTS = ("real_tokens", "padded_tokens", "sentences", "chunks", "real_attended", "padded_attended")
 
     def __init__(self, device) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -65,10 +59,7 @@ class StepSums:
 
     def add(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
         self.loss += loss.detach().to(torch.float64)
-        real_att, padded_att = attended(batch["attention_mask"])
-        padded_att = batch.get("padded_attended", padded_att)  # a length-aware collator knows better
-        new = (batch["real_tokens"], batch["padded_tokens"], batch["input_ids"].shape[0], real_att, padded_att)
-        self.counts = [a + b for a, b in zip(self.counts, new, strict=True)]
+        self.counts = [a + batch[k] for a, k in zip(self.counts, self.COUNTS, strict=True)]
 
 
 class LogWindow:
@@ -132,7 +123,7 @@ def step_record(
 ) -> dict[str, Any]:  # fmt: skip
     """The record of the window's steps, from ``summed`` (reduced over ranks) and ``per_rank``
     (gathered), both on the CPU; rates over ``elapsed``, the wall time since the window began."""
-    loss, real, padded, sentences, real_att, padded_att = (float(v) for v in summed)
+    loss, real, padded, sentences, chunks, real_att, padded_att = (float(v) for v in summed)
     steps = window.steps
     model = flops.model_flops(real, real_att) / steps
     hardware = flops.hardware_flops(padded, padded_att) / steps
@@ -146,6 +137,7 @@ def step_record(
         "sentences_per_s": sentences / elapsed,
         "tokens_per_s": real / elapsed,
         "padding_fraction": 1.0 - real / padded,
+        "chunks": chunks / (world * steps),  # encoder calls per rank per step (all micro-batches)
         "step_time_s": elapsed / steps,
         "peak_memory_mb": float(per_rank[0, 0]),  # the main process's (rank 0)
         "peak_memory_mb_per_rank": [round(float(m), 1) for m in per_rank[:, 0]],

@@ -7,29 +7,26 @@ from typing import Any
 
 import torch
 
+from mst5_dist import encoding
 from mst5_dist.config import Config
-from mst5_dist.gradcache import chunked_embeddings
 from mst5_dist.training.metrics import StepSums
 
 
 def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
-    """The batch's tensors on ``device``; to a GPU through pinned memory without blocking (a plain
-    copy from pageable memory would wait for the GPU to finish the queued work: a sync per step)."""
-    if torch.device(device).type != "cuda":
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+    """The batch's tensors (and its chunked sequences) on ``device``; to a GPU through pinned memory
+    without blocking (a plain copy from pageable memory would wait for the GPU to finish the queued
+    work: a sync per step)."""
+    return {k: v.to(device) if isinstance(v, encoding.ChunkedBatch) else encoding.move(v, device)
             for k, v in batch.items()}  # fmt: skip
 
 
 def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, gather) -> torch.Tensor:
-    """Every text of the batch is encoded together (one forward, or GradCache chunks); the
-    objective turns the embeddings into its loss."""
+    """Every text of the batch is encoded in the collator's length-sorted chunks (GradCache:
+    checkpointed), back in input order; the objective turns the embeddings into its loss. The
+    batch's token and chunk counts are updated in place when the ranks agree on a chunk count."""
+    encoding.agree_across_ranks(batch, device)
     batch = to_device(batch, device)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    if cfg.loss.cache_chunk_size:
-        emb = chunked_embeddings(model, ids, mask, cfg.loss.cache_chunk_size)
-    else:
-        emb = model(ids, mask)
+    emb = encoding.encode(model, batch["encode"], checkpointed=bool(cfg.loss.cache_chunk_size))
     return objective.loss(emb, batch, gather)
 
 

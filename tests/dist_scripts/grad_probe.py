@@ -3,7 +3,13 @@
 Run directly (1 process, the global batch) or under `accelerate launch` (N ranks, each its slice of
 the same global batch); the test compares the two. Uses the trainer's own setup and loss code.
 
-    python grad_probe.py --base DIR --out FILE [--accum A] [--global-batch G]
+    python grad_probe.py --base DIR --out FILE [--accum A] [--global-batch G] [--chunks C,..] [--tokens T,..]
+
+Cases: every loss.cache_chunk_size of --chunks x every loss.chunk_tokens of --tokens (``none``: one
+width; without --tokens the config's default, and the case keys carry no ``tokens=``) x hard
+negatives on and off (accumulation 1). ``--fault`` breaks the length-aware path on purpose (a
+negative control for the comparison): ``order`` skips restoring the input order, ``mask`` pads
+with attention mask 1.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mst5_dist import distributed, objectives
+from mst5_dist import distributed, encoding, objectives
 from mst5_dist.config import load_config
 from mst5_dist.data import BatchCollator, read_jsonl
 from mst5_dist.tiny_default import builtin_path
@@ -32,6 +38,9 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--global-batch", type=int, default=8)
     ap.add_argument("--chunks", default="0", help="comma-separated loss.cache_chunk_size values (0: no GradCache)")
+    ap.add_argument("--tokens", default=None, help="comma-separated loss.chunk_tokens values (none: one width)")
+    ap.add_argument("--overhead", type=int, default=None, help="loss.chunk_overhead_tokens (default: auto)")
+    ap.add_argument("--fault", choices=["order", "mask"], default=None)
     args = ap.parse_args()
     G, A = args.global_batch, args.accum
     cfg = load_config(
@@ -64,15 +73,25 @@ def main() -> None:
     params = [p for _, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     deepspeed = accelerator.state.deepspeed_plugin is not None
     results = {}
-    cases = [(c, h) for c in map(int, args.chunks.split(",")) for h in ([True, False] if A == 1 else [True])]
-    for chunk, hard in cases:
+    if args.overhead is not None:
+        cfg.loss.chunk_overhead_tokens = args.overhead
+    tokens = [None] if args.tokens is None else [None if t == "none" else int(t) for t in args.tokens.split(",")]
+    default_tokens = cfg.loss.chunk_tokens
+    hards = [True, False] if A == 1 else [True]
+    cases = [(c, t, h) for c in map(int, args.chunks.split(",")) for t in tokens for h in hards]
+    for chunk, tok, hard in cases:
         cfg.loss.hard_negatives, cfg.loss.cache_chunk_size = hard, chunk or None
+        cfg.loss.chunk_tokens = default_tokens if args.tokens is None else tok
         objective = objectives.build(cfg)
         gather = distributed.Gather(cfg.loss.gather_across_ranks)
-        collator = BatchCollator(encoder.tokenizer, 64, objective)
-        losses = []
+        chunker = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id, accelerator.device.type)
+        collator = BatchCollator(encoder.tokenizer, 64, objective, chunker)
+        losses, chunk_counts, planned = [], [], []
         for micro in range(A):
             batch = collator(rows[micro * G : (micro + 1) * G][rank * local : (rank + 1) * local])
+            if args.fault and cfg.loss.chunk_tokens is not None:
+                break_on_purpose(batch, args.fault)
+            planned.append(accelerator.gather(torch.tensor([batch["chunks"]], device=accelerator.device)).tolist())
             if deepspeed:
                 # The engine itself: accelerator.backward would also run engine.step() at the
                 # boundary, and the gradients must be read between backward and step.
@@ -85,13 +104,15 @@ def main() -> None:
                     loss = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
                     accelerator.backward(loss)
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            chunk_counts.append(batch["chunks"])
         if deepspeed:
             from deepspeed.utils import safe_get_full_grad
 
             grads = {n: safe_get_full_grad(p).detach().cpu().clone() for n, p in zip(names, params)}
         else:
             grads = {n: p.grad.detach().cpu().clone() for n, p in zip(names, params)}
-        results[f"chunk={chunk},hard={hard}"] = {"losses": losses, "grads": grads}
+        key = f"chunk={chunk},hard={hard}" + ("" if args.tokens is None else f",tokens={tok}")
+        results[key] = {"losses": losses, "grads": grads, "chunks": chunk_counts, "planned": planned}
         if deepspeed:
             model.step()  # boundary step with lr 0: weights unchanged, gradients cleared, counter advanced
         else:
@@ -107,6 +128,15 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def break_on_purpose(batch: dict, fault: str) -> None:
+    """The negative controls: a chunker that forgets the input order, or pads with mask 1."""
+    chunked = batch["encode"]
+    if fault == "order":
+        chunked.restore = None
+    else:
+        chunked.attention_mask = [torch.ones_like(m) for m in chunked.attention_mask]
 
 
 if __name__ == "__main__":
