@@ -10,8 +10,8 @@ import torch
 from conftest import TINY_CONFIG
 from torch.utils.flop_counter import FlopCounterMode
 
+from mst5_dist import encoding
 from mst5_dist.config import load_config
-from mst5_dist.gradcache import chunked_embeddings
 from mst5_dist.lora import count_parameters
 from mst5_dist.training.builders import build_encoder
 from mst5_dist.training.flops import FlopModel
@@ -64,10 +64,11 @@ def encoder_and_flops(base, preset, extra):
 
 def measured(encoder, cfg, rows=8, width=24) -> tuple[int, int]:
     """(forward, backward) FLOPs that FlopCounterMode counts for one all-real batch."""
-    ids, mask = torch.randint(5, 1000, (rows, width)), torch.ones(rows, width, dtype=torch.long)
+    ids = torch.randint(5, 1000, (rows, width)).tolist()
+    chunk = cfg.loss.cache_chunk_size  # GradCache: fixed-row chunks under activation checkpointing
+    chunked = encoding.Chunker(0, max_rows=chunk)(ids)
     with FlopCounterMode(display=False) as fwd:
-        chunk = cfg.loss.cache_chunk_size
-        emb = chunked_embeddings(encoder, ids, mask, chunk) if chunk else encoder(ids, mask)
+        emb = encoding.encode(encoder, chunked, checkpointed=bool(chunk))
     with FlopCounterMode(display=False) as bwd:
         emb.square().sum().backward()
     return fwd.get_total_flops(), bwd.get_total_flops()

@@ -11,14 +11,15 @@ import torch
 from conftest import read_log
 from test_reliability import NaNAtStep3, last_line, tiny_args
 
+from mst5_dist import encoding
 from mst5_dist.cli import main
 from mst5_dist.training import metrics
 
 
 def window_of(steps: list[tuple[float, float | None]]) -> metrics.LogWindow:
-    """A LogWindow fed one (loss, grad norm) per step (counts from a 2 x 3 all-real mask)."""
+    """A LogWindow fed one (loss, grad norm) per step (counts of one all-real 2 x 3 chunk)."""
     window = metrics.LogWindow("cpu")
-    batch = {"attention_mask": torch.ones(2, 3), "input_ids": torch.ones(2, 3), "real_tokens": 6, "padded_tokens": 6}
+    batch = encoding.Chunker(0)([[5, 6, 7], [8, 9, 10]]).counts()
     for i, (loss, norm) in enumerate(steps, start=1):
         sums = metrics.StepSums("cpu")
         sums.add(torch.tensor(loss), batch)
