@@ -114,5 +114,6 @@ def try_optimizer(src: Path, dst: Path, config, gate, batches) -> dict[str, Any]
             info["reason"] = f"not faster: {info['speedup']}x on the probe batches (needs >= {MIN_SPEEDUP}x)"
     if not info["kept"]:
         dst.unlink(missing_ok=True)
-    logger.info(f"[export] ORT transformer optimizer: {info}")
+    brief = {k: v for k, v in info.items() if k != "gate"}
+    logger.info(f"[export] ORT transformer optimizer ({'kept' if info['kept'] else 'dropped'}): {brief}")
     return info
