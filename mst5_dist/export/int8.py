@@ -9,8 +9,9 @@ QInt8 recipes in order of expected speed and keeps the FIRST that passes the int
 3. ``per_channel_matmul_keep_fp32``: (2) with the most sensitive node families kept in fp32, a
    ladder. A family is one projection role across layers (e.g. ``layer.*/output/dense``, BERT's FFN
    output, or T5's ``DenseReluDense/wo``). Its sensitivity is the gain in mean probe cosine when
-   only that family is kept in fp32 in recipe (2); step k of the ladder keeps the k most sensitive
-   families, until the gate passes or half of the weight matmuls would be fp32 (no int8 speed left).
+   only that family is kept in fp32 in recipe (2) (families scanned in graph order; a one-family
+   graph that passes is kept at once); step k of the ladder keeps the k most sensitive families,
+   until the gate passes or half of the weight matmuls would be fp32 (no int8 speed left).
 
 Fastest first, because every recipe that passes already meets the quality bar the gate sets (and
 keeping fewer nodes in fp32 is faster). Static QDQ is not a candidate: calibrated MinMax on 256

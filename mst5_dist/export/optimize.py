@@ -35,7 +35,7 @@ OPTIMIZER_MODEL_TYPES = {
 # Kept only when at least this much faster on the probe batches (median of the timed rounds):
 # below it, a shared machine's noise decides.
 MIN_SPEEDUP = 1.05
-TIMING_ROUNDS = 5
+TIMING_ROUNDS = 3
 
 
 def _session(path: Path, threads: int | None = None):
