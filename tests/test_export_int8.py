@@ -147,6 +147,7 @@ def test_kept_optimized_graph_is_served_and_fingerprinted(tiny_base, tmp_path, m
 # ------------------------------------------------------------------ the real all-MiniLM-L6-v2
 
 
+@pytest.mark.slow  # 35-80 s (fp32 MiniLM export + one quantise and gate)
 def test_minilm_forced_per_tensor_fails_and_names_it(minilm_path, tmp_path, capsys):
     """The old recipe on real weights: refused with exit 3, the message names it, nothing written."""
     from mst5_dist.cli import main
