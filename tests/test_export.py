@@ -257,7 +257,7 @@ def test_minilm_exports_and_matches(minilm_path, tmp_path):
     out = tmp_path / "minilm-onnx"
     # fp32 only: per-tensor dynamic int8 of MiniLM fails its gate on this AVX2 (no VNNI) machine
     # (min cos 0.75 per-tensor, 0.965 per-channel); the gate refusing it is the intended outcome.
-    rep = export_model(minilm_path, out)
+    rep = export_model(minilm_path, out, optimize=False)  # the optimizer: tests/test_export_int8.py
     assert rep["variants"]["fp32"]["embedding_max_abs"] <= 1e-4 and rep["model_type"] == "bert"
     got = OnnxEmbedder(out).encode(TEXTS)
     ref = SentenceTransformer(str(minilm_path), device="cpu").encode(TEXTS, convert_to_numpy=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mst5_dist.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInput, run_command
+from mst5_dist.export.int8 import RECIPE_NAMES
 from mst5_dist.files import atomic_write_bytes
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "read_texts", "run_embed", "run_export"]
@@ -21,6 +22,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="export folder to write (written as OUTPUT.tmp, then renamed)")
     p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="precision of the primary graph")
     p.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamic int8 graph (CPU)")
+    p.add_argument(
+        "--int8-recipe",
+        choices=["auto", *RECIPE_NAMES],
+        default="auto",
+        help="int8 recipe: auto = the first of per_channel, per_channel_matmul, per_channel_matmul_keep_fp32 "
+        "that passes the gate; a name forces that one",
+    )
+    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--triton", action="store_true", help="also write a Triton model repository under OUTPUT/triton")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -36,7 +45,12 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="texts.txt (one per line) or .jsonl (string or {'text': ...})")
     p.add_argument("--output", required=True, help="embeddings .npy (float32, rows in input order)")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
-    p.add_argument("--variant", choices=["fp32", "fp16", "int8"], default=None, help="default: the export's primary")
+    p.add_argument(
+        "--variant",
+        choices=["fp32", "fp16", "int8", "fp32_optimized"],
+        default=None,
+        help="default: the export's primary; fp32_optimized: the ORT-optimised fp32 graph, when the export kept it",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--lang", default=None, help="modular export: the texts' language code (routes by manifest.json)")
@@ -55,7 +69,11 @@ def run_export(args: argparse.Namespace) -> int:
         if (Path(args.model) / MODULAR_MANIFEST).is_file():
             export_modular(args.model, args.output, monolingual=args.monolingual, overwrite=args.overwrite, **kwargs)
         else:
-            export_model(args.model, args.output, overwrite=args.overwrite, **kwargs)
+            recipes = None if args.int8_recipe == "auto" else (args.int8_recipe,)
+            export_model(
+                args.model, args.output, overwrite=args.overwrite, int8_recipes=recipes, optimize=not args.no_optimize,
+                **kwargs,
+            )  # fmt: skip
 
     return run_command("mst5 export", job)
 

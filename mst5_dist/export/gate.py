@@ -8,6 +8,7 @@ others, under the reference vs the candidate). A variant passes only if all its 
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ def retrieval_agreement(ref_emb: np.ndarray, cand_emb: np.ndarray, tie_margin: f
 def compare(probe: Probe, ref: Outputs, cand: Outputs, tie_margin: float = 0.0) -> dict[str, Any]:
     batches = probe.batches
     max_abs, min_cos, h_abs, h_scale, finite = 0.0, 1.0, 0.0, 0.0, True
+    cos_sum = 0.0
     for b, (rh, re), (ch, ce) in zip(batches, ref, cand):
         valid = b.attention_mask.astype(bool)
         finite &= bool(np.isfinite(ce).all() and np.isfinite(ch[valid]).all())
@@ -96,6 +98,7 @@ def compare(probe: Probe, ref: Outputs, cand: Outputs, tie_margin: float = 0.0) 
         max_abs = max(max_abs, float(np.abs(re64 - ce64).max()))
         cos = (_unit(re64) * _unit(ce64)).sum(-1)
         min_cos = min(min_cos, float(np.nan_to_num(cos, nan=-1.0).min()))
+        cos_sum += float(np.nan_to_num(cos, nan=-1.0).sum())
         h_abs = max(h_abs, float(np.abs(rh[valid].astype(np.float64) - ch[valid]).max()))
         h_scale = max(h_scale, float(np.abs(rh[valid]).max()))
     keep = probe.retrieval
@@ -107,6 +110,7 @@ def compare(probe: Probe, ref: Outputs, cand: Outputs, tie_margin: float = 0.0) 
     return {
         "embedding_max_abs": max_abs,
         "embedding_min_cos": min_cos,
+        "embedding_mean_cos": cos_sum / max(1, sum(len(b.rows) for b in batches)),
         "hidden_max_abs": h_abs,
         "hidden_max_rel": h_abs / max(h_scale, 1e-12),
         "finite": finite,
@@ -157,9 +161,13 @@ def run_gate(
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    metrics = compare(probe, ref, ort_outputs(session, probe.batches), th.tie_margin)
+    t0 = time.perf_counter()
+    outputs = ort_outputs(session, probe.batches)
+    seconds = time.perf_counter() - t0
+    metrics = compare(probe, ref, outputs, th.tie_margin)
     fails = evaluate(metrics, th)
     report = {"variant": variant, "file": onnx_path.name, "thresholds": asdict(th), **metrics}
+    report["probe_seconds"] = round(seconds, 3)  # one pass over the probe batches (CPU provider)
     report["passed"] = not fails
     report["failures"] = fails
     if fails:

@@ -15,8 +15,10 @@ from typing import Any
 
 from mst5_dist.export import gate as gate_mod
 from mst5_dist.export import merge as merge_mod
+from mst5_dist.export.int8 import choose_int8
 from mst5_dist.export.onnx_graph import EmbeddingWrapper, ExportError, export_onnx, model_files
-from mst5_dist.export.precision import check_fp16_islands, fp16_plan, quantize_int8
+from mst5_dist.export.optimize import try_optimizer
+from mst5_dist.export.precision import check_fp16_islands, fp16_plan
 from mst5_dist.export.probes import MAX_PROBE_TOKENS, build_probe
 from mst5_dist.export.runtime import REPORT_FILE, fingerprint
 from mst5_dist.export.tensorrt_ops import check_tensorrt_ops
@@ -24,6 +26,7 @@ from mst5_dist.files import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
 VARIANT_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_qint8.onnx"}
+OPTIMIZED_FILE = "onnx/model_optimized.onnx"  # ORT transformer optimizer output, when kept
 
 
 def _probe_limit(config) -> int:
@@ -45,8 +48,13 @@ def export_model(
     triton: bool = False,
     overwrite: bool = False,
     thresholds: dict[str, gate_mod.Thresholds] | None = None,
+    int8_recipes: tuple[str, ...] | None = None,
+    optimize: bool = True,
 ) -> dict[str, Any]:
-    """Export ``model`` (training output or final-style dir) to ``output``; return the report."""
+    """Export ``model`` (training output or final-style dir) to ``output``; return the report.
+
+    ``int8_recipes``: the int8 candidates to try, in order (default ``int8.DEFAULT_ORDER``);
+    ``optimize``: also try ONNX Runtime's transformer optimizer on the fp32 graph."""
     if dtype not in ("fp32", "fp16"):
         raise ExportError(f"--dtype {dtype}: use fp32 or fp16")
     if quantize not in (None, "int8"):
@@ -58,7 +66,8 @@ def export_model(
     t0 = time.perf_counter()
     try:
         with atomic_dir(out) as tmp:
-            report = _export_into(src, tmp, dtype, quantize, opset, triton, thresholds or {})
+            options = {"int8_recipes": int8_recipes, "optimize": optimize}
+            report = _export_into(src, tmp, dtype, quantize, opset, triton, thresholds or {}, options)
             report["seconds"] = round(time.perf_counter() - t0, 2)
             write_json(tmp / REPORT_FILE, report)
     except gate_mod.GateFailed as e:
@@ -74,20 +83,25 @@ class _Gater:
         self.tmp, self.probe, self.ref, self.thresholds = tmp, probe, ref, thresholds
         self.variants: dict[str, Any] = {}
 
+    def check(self, variant: str, path: Path) -> dict[str, Any]:
+        """Gate ``path`` under ``variant``'s thresholds without recording it (raises GateFailed)."""
+        return gate_mod.run_gate(variant, path, self.probe, self.ref, self.thresholds.get(variant))
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        files = model_files(path)
+        return {
+            "file": str(path.relative_to(self.tmp)),
+            "files": [str(f.relative_to(self.tmp)) for f in files],
+            "bytes": sum(f.stat().st_size for f in files),
+            "fingerprint": fingerprint(files),
+            "tensorrt": check_tensorrt_ops(path),
+        }
+
     def __call__(self, variant: str, path: Path) -> dict[str, Any]:
         rows = sum(len(b.rows) for b in self.probe.batches)
         logger.info(f"[export] gating {variant} ({path.name}) on {rows} probe rows")
-        result = gate_mod.run_gate(variant, path, self.probe, self.ref, self.thresholds.get(variant))
-        files = model_files(path)
-        result.update(
-            {
-                "file": str(path.relative_to(self.tmp)),
-                "files": [str(f.relative_to(self.tmp)) for f in files],
-                "bytes": sum(f.stat().st_size for f in files),
-                "fingerprint": fingerprint(files),
-                "tensorrt": check_tensorrt_ops(path),
-            }
-        )
+        result = self.check(variant, path)
+        result.update(self.describe(path))
         self.variants[variant] = result
         logger.info(
             f"[export] {variant}: max abs {result['embedding_max_abs']:.2e}, min cos {result['embedding_min_cos']:.7f}, "
@@ -115,7 +129,7 @@ def _merge_checked(encoder, probe, tmp: Path, src: Path) -> tuple[Any, dict[str,
     return ref, merge_info
 
 
-def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds) -> dict[str, Any]:
+def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds, options) -> dict[str, Any]:
     logger.info(f"[export] loading {src} in fp32")
     encoder = merge_mod.load_encoder(src)
     probe = build_probe(encoder.tokenizer, max_tokens=_probe_limit(encoder.backbone.config))
@@ -132,6 +146,7 @@ def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds) -> 
     logger.info(f"[export] exporting fp32 graph (opset {opset})")
     export_onnx(wrap(encoder.backbone), fp32_path, opset=opset, pad_id=pad_id, vocab_size=vocab)
     gate("fp32", fp32_path)
+    optimizer = _optimizer(gate, fp32_path, config, probe) if options["optimize"] else {"kept": False, "reason": "off"}
     if dtype == "fp16":
         path = tmp / VARIANT_FILES["fp16"]
         logger.info("[export] exporting fp16 graph (fp16 matmuls; norms, residuals, FFN output, pooling in fp32)")
@@ -140,14 +155,27 @@ def _export_into(src, tmp: Path, dtype, quantize, opset, triton, thresholds) -> 
         gate("fp16", path)["islands"] = islands
     if quantize == "int8":
         path = tmp / VARIANT_FILES["int8"]
-        logger.info("[export] quantising to int8 (dynamic, per-tensor QInt8)")
-        quantize_int8(fp32_path, path)
-        gate("int8", path)
+        logger.info("[export] quantising to int8 (dynamic QInt8; the recipe is chosen by the gate)")
+        choice = choose_int8(
+            fp32_path, path, tmp / "int8-trials", lambda p: gate.check("int8", p), options["int8_recipes"]
+        )
+        gate("int8", path).update(choice)
     if triton:
         from mst5_dist.export.triton import write_triton_repo
 
         write_triton_repo(tmp / VARIANT_FILES[dtype], tmp / "triton", name="mst5_encoder", hidden=encoder.embedding_dim)
-    return _report(src, encoder, opset, merge_info, dtype, gate.variants, probe, triton)
+    report = _report(src, encoder, opset, merge_info, dtype, gate.variants, probe, triton)
+    report["optimizer"] = optimizer
+    return report
+
+
+def _optimizer(gate: _Gater, fp32_path: Path, config, probe) -> dict[str, Any]:
+    """ORT transformer optimizer behind the fp32 gate (``optimize.try_optimizer``)."""
+    path = gate.tmp / OPTIMIZED_FILE
+    info = try_optimizer(fp32_path, path, config, lambda p: gate.check("fp32", p), probe.batches)
+    if info["kept"]:
+        info.update(gate.describe(path), variant="fp32_optimized")
+    return info
 
 
 def _report(src, encoder, opset, merge_info, primary, variants, probe, triton) -> dict[str, Any]:

@@ -9,7 +9,7 @@ result cast back to fp32) EXCEPT the modules the model family keeps in fp32 (T5'
 (RMS norm / LayerNorm), softmax, pooling and L2 norm stay fp32 by construction. ``check_fp16_islands``
 then verifies on the saved graph, node by node, that norm arithmetic never sees fp16.
 
-int8: ``quantize_dynamic`` per-tensor QInt8 (per-channel was much worse on T5: cos 0.88-0.95).
+int8: the recipe is chosen per model by the gate (``mst5_dist.export.int8``).
 """
 
 from __future__ import annotations
@@ -89,31 +89,3 @@ def check_fp16_islands(path: Path) -> dict[str, int]:
 
         raise ExportError(f"{path}: no fp16 matmul in the fp16 graph")
     return counts
-
-
-def quantize_int8(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from mst5_dist.export.onnx_graph import model_files
-
-    external = len(model_files(src)) > 1
-    dst.unlink(missing_ok=True)
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-        use_external_data_format=external,
-    )
-    if external:
-        # quantize_dynamic names its data file itself; re-save under our one stable name.
-        import onnx
-
-        from mst5_dist.export.onnx_graph import save_onnx
-
-        model = onnx.load(str(dst), load_external_data=True)
-        written = {p for p in dst.parent.iterdir() if p.name.startswith(dst.name)}
-        for p in written:
-            p.unlink()
-        save_onnx(model, dst, external=True)
-    return dst

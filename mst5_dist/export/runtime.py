@@ -39,11 +39,24 @@ def _max_seq_length(export_dir: Path, report: dict) -> int:
     return 128
 
 
+def _variant_entry(export_dir: Path, report: dict, variant: str) -> dict:
+    """The report entry of a gated graph: a variant, or ``fp32_optimized`` (the ORT transformer
+    optimizer's fp32 graph, present only when the export kept it)."""
+    optimizer = report.get("optimizer") or {}
+    if variant == "fp32_optimized" and optimizer.get("kept"):
+        return optimizer
+    if variant not in report["variants"]:
+        have = sorted(report["variants"]) + (["fp32_optimized"] if optimizer.get("kept") else [])
+        why = f" (optimizer not kept: {optimizer.get('reason')})" if variant == "fp32_optimized" and optimizer else ""
+        raise BadInput(f"{export_dir}: no '{variant}' variant{why} (has {have})")
+    return report["variants"][variant]
+
+
 class OnnxEmbedder:
     """``OnnxEmbedder(export_dir).encode(texts)`` -> float32 (n, dim), L2-normalised, input order.
 
-    ``variant`` picks ``fp32`` / ``fp16`` / ``int8`` among the gated graphs of the export (default:
-    the export's primary variant). ``fingerprint`` is the sha256 of the chosen graph file(s).
+    ``variant`` picks ``fp32`` / ``fp16`` / ``int8`` / ``fp32_optimized`` among the gated graphs of
+    the export (default: the export's primary variant). ``fingerprint`` is the sha256 of the chosen graph file(s).
     """
 
     def __init__(self, export_dir: str | Path, provider: str = "cpu", variant: str | None = None) -> None:
@@ -56,9 +69,8 @@ class OnnxEmbedder:
             raise FileNotFoundError(f"{self.export_dir}: no {REPORT_FILE} (not a finished `mst5 export` folder)")
         report = json.loads(report_file.read_text(encoding="utf-8"))
         self.variant = variant or report["primary_variant"]
-        if self.variant not in report["variants"]:
-            raise BadInput(f"{self.export_dir}: no '{self.variant}' variant (has {sorted(report['variants'])})")
-        self.model_path = self.export_dir / report["variants"][self.variant]["file"]
+        entry = _variant_entry(self.export_dir, report, self.variant)
+        self.model_path = self.export_dir / entry["file"]
         if provider not in PROVIDERS:
             raise BadInput(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
         available = ort.get_available_providers()
@@ -71,7 +83,7 @@ class OnnxEmbedder:
             )
         self.provider = provider
         self.fingerprint = fingerprint(model_files(self.model_path))
-        recorded = report["variants"][self.variant].get("fingerprint")
+        recorded = entry.get("fingerprint")
         if recorded != self.fingerprint:
             # The graph was replaced or edited after the parity gate passed it: what would run is
             # not what was checked (a graph copied in from another run embedded with exit 0).
