@@ -30,12 +30,13 @@ def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, g
     return objective.loss(emb, batch, gather)
 
 
-def clip_gradients(accelerator, model, cfg: Config) -> torch.Tensor | None:
+def clip_gradients(accelerator, model, cfg: Config) -> torch.Tensor | float | None:
     """Global grad norm BEFORE clipping, as a device tensor (no host sync; None under DeepSpeed,
     which clips in its own step)."""
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    return None if norm is None else norm.detach()
+    # DeepSpeed hands back the float it already read (or None); DDP and one process a tensor
+    return norm.detach() if isinstance(norm, torch.Tensor) else norm
 
 
 def deepspeed_grad_norm(model) -> float | torch.Tensor | None:
