@@ -22,13 +22,15 @@ def test_best_checkpoint_is_the_argmax_and_reproduces_its_score(tiny_base, share
     sts = tmp_path / "sts-dev-300.csv"  # the first 300 real German STS-B dev pairs: a quick evaluation
     sts.write_text("".join((shared_data / "stsb-multi-mt" / "stsb-de-dev.csv").open().readlines()[:300]))
     out = tmp_path / "run"
-    # lr 1e-3 for 12 steps: on this CPU the German score improves five times and peaks at step 10,
-    # so best/ is replaced during the run and differs from final/. (English STS-B, with the batch order
-    # of the vectorised sampler, falls from step 2 on: a trajectory, not a property of keep_best.)
+    # lr 2e-2 for 12 steps: on this CPU the German score improves at steps 2, 4, 8 and 10, dips at
+    # 6 and peaks at 10 (by 0.9 points over step 12), so best/ is replaced during the run, an
+    # evaluation that does not improve is not saved, and best/ differs from final/. (Such a
+    # trajectory is a property of the data order and numerics, not of keep_best: re-tune it when
+    # they change; lr 1e-3 now rises to the end.)
     proc = subprocess.run(
         mst5_cmd(
             "train", "--config", TINY, f"model.name_or_path={tiny_base}", f"train.output_dir={out}",
-            "train.max_steps=12", "optim.lr=1e-3", f"eval.sts_path={sts}", "eval.every_steps=2",
+            "train.max_steps=12", "optim.lr=2e-2", f"eval.sts_path={sts}", "eval.every_steps=2",
             "eval.keep_best=true", "train.save_every=null", "train.progress_bar=false", "train.report_to=[]",
         ),
         capture_output=True,
