@@ -289,6 +289,10 @@ def test_logged_padding_is_what_the_chunks_encoded(tiny_base, tmp_path):
             for b in batches
         ]
         assert [r["chunks"] for r in logs[tokens]] == [len(b["encode"].input_ids) for b in batches]
+        assert [(r["real_tokens"], r["padded_tokens"]) for r in logs[tokens]] == [
+            (sum(int(m.sum()) for m in b["encode"].attention_mask), sum(m.numel() for m in b["encode"].input_ids))
+            for b in batches
+        ]
     for tokens in logs:
         assert [r["padding_fraction"] for r in logs[tokens]] == pytest.approx(expected[tokens], abs=1e-12)
     assert all(r["chunks"] == 1 for r in logs["null"]) and all(r["chunks"] > 1 for r in logs["16384"])

@@ -137,6 +137,8 @@ def step_record(
         "sentences_per_s": sentences / elapsed,
         "tokens_per_s": real / elapsed,
         "padding_fraction": 1.0 - real / padded,
+        "real_tokens": real / steps,  # per step, all ranks: the useful tokens ...
+        "padded_tokens": padded / steps,  # ... and what the encoder ran (rows x width of each chunk)
         "chunks": chunks / (world * steps),  # encoder calls per rank per step (all micro-batches)
         "step_time_s": elapsed / steps,
         "peak_memory_mb": float(per_rank[0, 0]),  # the main process's (rank 0)
