@@ -31,11 +31,11 @@ def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, g
 
 
 def clip_gradients(accelerator, model, cfg: Config) -> torch.Tensor | float | None:
-    """Global grad norm BEFORE clipping, as a device tensor (no host sync; None under DeepSpeed,
-    which clips in its own step)."""
+    """Global grad norm BEFORE clipping. One process and DDP: a device tensor (no host sync).
+    DeepSpeed clips inside its engine step, which Accelerate runs within ``backward``: Accelerate
+    hands back the float the engine already read (None before the engine has a norm)."""
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    # DeepSpeed hands back the float it already read (or None); DDP and one process a tensor
     return norm.detach() if isinstance(norm, torch.Tensor) else norm
 
 
@@ -61,6 +61,6 @@ def train_step(run, loader) -> tuple[StepSums, torch.Tensor | float | None]:
             optimizer.zero_grad()
         sums.add(loss, batch)
     run.scheduler.step()
-    if grad_norm is None:  # DeepSpeed clips inside its step and keeps the norm
+    if grad_norm is None:  # DeepSpeed before Accelerate saw a norm: ask the engine itself
         grad_norm = deepspeed_grad_norm(model)
     return sums, grad_norm
