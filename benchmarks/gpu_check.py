@@ -107,7 +107,7 @@ class Trainer:
         )  # fmt: skip
         self.flops = FlopModel.from_encoder(encoder, self.cfg)
         self.device, self.bf16 = accelerator.device, bf16
-        self.chunker = encoding.chunker(self.cfg.loss, 0, self.device.type)  # the run's length-aware chunks
+        self.chunker = encoding.chunker(self.cfg.loss, 0, self.device.type, encoder.packing is not None)  # the run's chunks
 
     def step(self, ids: list[list[int]]):
         """One optimizer step on ``ids``, collated as the trainer's collator does."""

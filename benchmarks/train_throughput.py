@@ -96,10 +96,21 @@ SEED = 42
 XNLI_LANGUAGES = ["en", "de", "fr", "es", "ar"]
 VARIANTS = {  # name -> (label, our extra overrides)
     "aware": ("ours, length-aware", []),
+    "padded": ("ours, aware, padded chunks", ["loss.pack_sequences=false"]),
     "onewidth": ("ours, one width", ["loss.chunk_tokens=null"]),
     "nogroup": ("ours, aware, no grouping", ["data.length_grouping=false"]),
-    "overhead512": ("ours, aware, overhead 512", ["loss.chunk_overhead_tokens=512"]),
 }
+# ``overheadN`` (any N): length-aware with ``loss.chunk_overhead_tokens=N`` (see ``variant``).
+
+
+def variant(name: str) -> tuple[str, list[str]]:
+    """(label, our extra overrides) of a ``--variants`` entry."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    if name.startswith("overhead") and name[len("overhead") :].isdigit():
+        n = int(name[len("overhead") :])
+        return f"ours, aware, overhead {n}", [f"loss.chunk_overhead_tokens={n}"]
+    raise SystemExit(f"unknown variant {name!r} ({', '.join(VARIANTS)}, overheadN)")
 NOISY = 0.10  # a run during which other processes used more than this share of the CPU is redone
 
 
@@ -433,7 +444,7 @@ def print_table(results: list, unit: str) -> None:
     print(header)
     print("-" * len(header))
     for model, mode, ours, st in results:
-        sides = [(VARIANTS[v][0], r) for v, r in ours.items()] + [("sentence-transformers MNRL", st)]
+        sides = [(variant(v)[0], r) for v, r in ours.items()] + [("sentence-transformers MNRL", st)]
         for side, r in sides:
             ratio = r["sentences_per_s"] / st["sentences_per_s"]
             med_ratio = r["median_sentences_per_s"] / st["median_sentences_per_s"]
@@ -450,7 +461,7 @@ def print_table(results: list, unit: str) -> None:
         for v, r in ours.items():
             ratio = r["sentences_per_s"] / st["sentences_per_s"]
             print(
-                f"  {model:<9} {mode:<5} {VARIANTS[v][0]:<26} padding {100 * r['padding']:5.1f}% "
+                f"  {model:<9} {mode:<5} {variant(v)[0]:<26} padding {100 * r['padding']:5.1f}% "
                 f"({'meets' if r['padding'] < 0.10 else 'ABOVE'} 10%), {ratio:.2f}x "
                 f"({'meets' if ratio >= 1.5 else 'BELOW'} 1.5x); sentence-transformers padding {100 * st['padding']:.1f}%"
             )
@@ -468,7 +479,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bucket-batches", type=int, default=None, help="our data.bucket_batches (tiny.yaml: 2)")
     p.add_argument("--models", default="tiny-mt5,minilm", help="comma list of tiny-mt5, minilm")
     p.add_argument("--modes", default="lora", help="comma list of lora, full (default lora)")
-    p.add_argument("--variants", default="aware,onewidth", help=f"our variants, comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="aware,onewidth", help=f"our variants, comma list of {', '.join(VARIANTS)}, overheadN")
     p.add_argument(
         "--max-wait", type=float, default=60.0, help="seconds to wait for an idle CPU before each run (default 60)"
     )
@@ -507,8 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown mode {m!r} (lora, full)")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
-        if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r} ({', '.join(VARIANTS)})")
+        variant(v)  # exits naming the unknown one
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mst5-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -557,11 +567,11 @@ def main(argv: list[str] | None = None) -> int:
                 st = measure(partial(run_st, model, mdir, data, args=args, mode=mode), work / f"{tag}-st")
                 ours = {}
                 for v in variants:
-                    run = partial(run_ours, mdir, data, n_rows, args=args, mode=mode, extra=VARIANTS[v][1])
+                    run = partial(run_ours, mdir, data, n_rows, args=args, mode=mode, extra=variant(v)[1])
                     ours[v] = measure(run, work / f"{tag}-ours-{v}")
                 print(
                     f"  {tag}: sentence-transformers {st['sentences_per_s']:.0f}, "
-                    + ", ".join(f"{VARIANTS[v][0]} {r['sentences_per_s']:.0f}" for v, r in ours.items())
+                    + ", ".join(f"{variant(v)[0]} {r['sentences_per_s']:.0f}" for v, r in ours.items())
                     + f" {unit}",
                     flush=True,
                 )

@@ -151,6 +151,13 @@ class LossConfig:
     """What one more chunk costs, in tokens of work (kernel launches, per-call overhead): chunks are
     cut where the padding saved exceeds it. ``auto``: 32 on CPU, 8192 on CUDA."""
 
+    pack_sequences: bool = True
+    """Length-aware encoding packs the step's sequences into rows as wide as the longest one
+    (first-fit decreasing), each attending only to itself (block-diagonal mask, positions restarted
+    per sequence): one chunk per ``chunk_tokens`` tokens and almost no padding, same embeddings.
+    Applies to mean pooling on mT5/T5/UMT5, BERT, RoBERTa and XLM-R with SDPA or eager attention,
+    and not to GradCache chunks; other runs keep padded chunks (logged). False: padded chunks."""
+
     pivot_model: str = ""
     """Objective ``cla``: the pivot language's module (a ``final/`` folder) that embeds the other
     side of every pair once, frozen."""

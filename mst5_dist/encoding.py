@@ -55,6 +55,8 @@ longest row (the behaviour before length-aware chunks), so length-grouped batche
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -84,6 +86,16 @@ class ChunkedBatch:
     """For each input row, its position in the sorted order (None: rows are already in input order)."""
     fixed_count: bool
     """The number of chunks depends only on the number of rows (equal on every rank by construction)."""
+    position_ids: list[torch.Tensor] | None = None
+    """Packed chunks only (``loss.pack_sequences``): per chunk, each token's position in its own
+    sequence; ``attention_mask`` then holds segment ids (0 on padding, 1 + the sequence's index in
+    the chunk on its tokens) instead of 0/1."""
+    source: list[list[int]] | None = None
+    """Packed batches only: the token ids of every input row (host side), to re-pack on a split."""
+    members: list[list[int]] | None = None
+    """Packed batches only: per chunk, its sequences' input rows, in the chunk's output order."""
+    pad_id: int = 0
+    """Packed batches only: the token id of padding (for a re-pack)."""
 
     @property
     def real_tokens(self) -> int:
@@ -111,8 +123,17 @@ class ChunkedBatch:
             self,
             input_ids=[move(t, device) for t in self.input_ids],
             attention_mask=[move(t, device) for t in self.attention_mask],
+            position_ids=None if self.position_ids is None else [move(t, device) for t in self.position_ids],
             restore=None if self.restore is None else move(self.restore, device),
         )
+
+    def chunk_inputs(self, k: int) -> tuple:
+        """The model's positional arguments for chunk ``k``: (ids, mask) or, packed, (ids, segment
+        ids, positions, number of sequences)."""
+        if self.position_ids is None:
+            return self.input_ids[k], self.attention_mask[k]
+        s, e = self.bounds[k]
+        return self.input_ids[k], self.attention_mask[k], self.position_ids[k], e - s
 
 
 def move(value, device):
@@ -161,10 +182,16 @@ class Chunker:
     budget: int | None = None
     overhead: int = 0
     max_rows: int | None = None
+    packed: bool = False
+    """Pack sequences into rows (``pack_sequences``) instead of padding each row; needs ``budget``."""
+    attention_ratio: float | None = None
+    """Packed rows: attention FLOPs per token and key over linear FLOPs per token (prices wider rows)."""
 
     def __call__(self, ids: Sequence[Sequence[int]]) -> ChunkedBatch:
         n = len(ids)
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        if self.packed and self.budget is not None:
+            return pack_sequences(ids, lengths, self.budget, self.pad_id, self.attention_ratio)
         if self.budget is None and self.max_rows is None:
             return pack(ids, lengths, np.arange(n), [n], self.pad_id, restore=False, fixed_count=True)
         order = np.argsort(-lengths, kind="stable")
@@ -196,17 +223,117 @@ def pack(
     return ChunkedBatch(input_ids, masks, [int(lengths[i]) for i in order], bounds, back, fixed_count)
 
 
-def chunker(loss_cfg, pad_id: int, device_type: str) -> Chunker:
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Best-fit decreasing: sequence indices per row of ``width`` tokens, longest first, each into
+    the fullest row it still fits (rooms kept sorted: O(n log n) searches)."""
+    rows: list[list[int]] = []
+    rooms: list[tuple[int, int]] = []  # (free tokens, row), ascending
+    for i in sorted(range(len(lengths)), key=lambda i: -max(int(lengths[i]), 1)):
+        need = max(int(lengths[i]), 1)
+        k = bisect.bisect_left(rooms, (need, -1))
+        if k == len(rooms):
+            rows.append([])
+            free, r = width, len(rows) - 1
+        else:
+            free, r = rooms.pop(k)
+        rows[r].append(i)
+        if free - need > 0:
+            bisect.insort(rooms, (free - need, r))
+    return rows
+
+
+# Row widths tried, as multiples of the longest sequence: wider rows pack with less padding, but
+# every token then attends over the whole row (``attention_ratio`` prices that).
+WIDTH_FACTORS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
+
+
+def pack_width(lengths: np.ndarray, budget: int, attention_ratio: float | None) -> tuple[int, list[list[int]]]:
+    """The row width (and rows) of least work: rows x width x (1 + attention_ratio x width), the
+    linear layers' tokens plus attention over the row (``attention_ratio``: attention FLOPs per
+    token and key over linear FLOPs per token). None: rows as wide as the longest sequence."""
+    longest = max(int(lengths.max()), 1) if len(lengths) else 1
+    factors = WIDTH_FACTORS if attention_ratio is not None else (1.0,)
+    best = None
+    for f in factors:
+        width = min(int(longest * f), budget) if f > 1 else longest
+        if f > 1 and width <= longest:
+            break
+        rows = pack_rows(lengths, width)
+        cost = len(rows) * width * (1.0 + (attention_ratio or 0.0) * width)
+        if best is None or cost < best[0]:
+            best = (cost, width, rows)
+    return best[1], best[2]
+
+
+def pack_sequences(
+    ids, lengths: np.ndarray, budget: int, pad_id: int, attention_ratio: float | None = None
+) -> ChunkedBatch:
+    """Sequences packed into rows (``pack_width``), each attending only to itself (segment ids; the
+    model builds the block-diagonal mask), in balanced chunks of at most ``budget // width`` rows."""
+    width, rows = pack_width(lengths, budget, attention_ratio)
+    per_chunk = max(1, budget // width)
+    n_chunks = -(-len(rows) // per_chunk)
+    cuts = np.linspace(0, len(rows), n_chunks + 1).round().astype(int)  # balanced chunks of whole rows
+    members = [[i for r in rows[a:b] for i in r] for a, b in itertools.pairwise(cuts)]
+    return build_packed([list(x) for x in ids], members, width, pad_id)
+
+
+def build_packed(source: list[list[int]], members: list[list[int]], width: int, pad_id: int) -> ChunkedBatch:
+    """The packed ``ChunkedBatch`` of chunks holding ``members[k]`` (input rows), re-packed per chunk."""
+    input_ids, segs, positions, bounds, order, start = [], [], [], [], [], 0
+    for chunk in members:
+        rows = pack_rows([len(source[i]) for i in chunk], width)
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        seg = np.zeros((len(rows), width), dtype=np.int64)
+        pos = np.zeros((len(rows), width), dtype=np.int64)
+        k = 0
+        for r, row in enumerate(rows):
+            at = 0
+            for j in row:
+                seq = source[chunk[j]]
+                n = max(len(seq), 1)
+                ids[r, at : at + len(seq)] = seq
+                seg[r, at : at + n] = k + 1  # an empty sequence still gets one (padding) token
+                pos[r, at : at + n] = np.arange(n)
+                order.append(chunk[j])
+                at, k = at + n, k + 1
+        input_ids.append(torch.from_numpy(ids))
+        segs.append(torch.from_numpy(seg))
+        positions.append(torch.from_numpy(pos))
+        bounds.append((start, start + k))
+        start += k
+    members = [order[a:b] for a, b in bounds]
+    back = torch.from_numpy(np.argsort(np.asarray(order, dtype=np.int64), kind="stable"))
+    lengths = [len(source[i]) for i in order]
+    return ChunkedBatch(input_ids, segs, lengths, bounds, back, False, positions, source, members, pad_id)
+
+
+def chunker(
+    loss_cfg, pad_id: int, device_type: str, packable: bool = False, attention_ratio: float | None = None
+) -> Chunker:
     """The run's chunker from its ``loss`` config section (``auto`` overhead read for ``device_type``)."""
     overhead = loss_cfg.chunk_overhead_tokens
     if overhead == "auto":
         overhead = AUTO_OVERHEAD_TOKENS.get(device_type, AUTO_OVERHEAD_TOKENS["cuda"])
-    return Chunker(pad_id, loss_cfg.chunk_tokens, int(overhead), loss_cfg.cache_chunk_size)
+    # GradCache's chunks stay unpacked: their row cap counts sequences.
+    packed = bool(getattr(loss_cfg, "pack_sequences", False)) and packable and not loss_cfg.cache_chunk_size
+    return Chunker(pad_id, loss_cfg.chunk_tokens, int(overhead), loss_cfg.cache_chunk_size, packed, attention_ratio)
 
 
 def split_to(chunked: ChunkedBatch, count: int) -> ChunkedBatch:
     """The same rows in ``count`` chunks: the chunk with the most rows is halved until there are
-    enough (the second half is cut to its own width, so no padding is added)."""
+    enough (the second half is cut to its own width, so no padding is added). Packed chunks: the
+    sequences of the one with the most are halved and each half re-packed."""
+    if chunked.members is not None:
+        members = list(chunked.members)
+        while len(members) < count:
+            k = max(range(len(members)), key=lambda c: len(members[c]))
+            if len(members[k]) < 2:
+                raise ValueError(f"cannot split {len(chunked.lengths)} rows into {count} chunks")
+            m = len(members[k]) // 2
+            members[k : k + 1] = [members[k][:m], members[k][m:]]
+        width = int(chunked.input_ids[0].shape[1])
+        return build_packed(chunked.source, members, width, chunked.pad_id)
     ids, masks, bounds = list(chunked.input_ids), list(chunked.attention_mask), list(chunked.bounds)
     while len(ids) < count:
         k = max(range(len(bounds)), key=lambda c: bounds[c][1] - bounds[c][0])
@@ -237,7 +364,8 @@ def encode(model, chunked: ChunkedBatch, checkpointed: bool = False) -> torch.Te
     """Embeddings of every row, in input order: one forward per chunk (under activation
     checkpointing with ``checkpointed``: GradCache), concatenated, then restored to input order."""
     pieces = []
-    for ids, mask in zip(chunked.input_ids, chunked.attention_mask):
-        pieces.append(checkpoint(model, ids, mask, use_reentrant=False) if checkpointed else model(ids, mask))
+    for k in range(len(chunked.input_ids)):
+        args = chunked.chunk_inputs(k)
+        pieces.append(checkpoint(model, *args, use_reentrant=False) if checkpointed else model(*args))
     emb = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
     return emb if chunked.restore is None else emb[chunked.restore]

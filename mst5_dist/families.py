@@ -41,6 +41,20 @@ DEFAULT_FAMILY = Family("AutoModel", _BERT_PRESETS)
 T5_FAMILY = frozenset(k for k, f in FAMILIES.items() if not f.keeps_fp16)
 
 
+# Sequence packing (``loss.pack_sequences``): how a packed row gives each token its position in its
+# own sequence. "relative": T5 relative attention bias depends only on distances, which packing keeps
+# within a sequence (no position ids); "absolute": BERT's position ids 0..n-1; "after_padding":
+# RoBERTa / XLM-R count positions from padding_idx + 1. Types not listed are never packed.
+PACKED_POSITIONS = {
+    "t5": "relative",
+    "mt5": "relative",
+    "umt5": "relative",
+    "bert": "absolute",
+    "roberta": "after_padding",
+    "xlm-roberta": "after_padding",
+}
+
+
 def family(model_type: str) -> Family:
     """The family of a transformers ``model_type`` (BERT-like encoders for anything not listed)."""
     return FAMILIES.get(model_type, DEFAULT_FAMILY)

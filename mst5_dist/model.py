@@ -42,6 +42,28 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     raise ModelError(f"unknown pooling '{mode}' (use mean or cls)")
 
 
+def packed_mean_pool(hidden: torch.Tensor, segments: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of each sequence's token states in packed rows: ``segments`` holds 1 + the sequence's
+    index on its tokens and 0 on padding; returns (n, dim) in sequence-index order. index_add, not
+    boolean indexing: no host sync on a GPU."""
+    flat = hidden.reshape(-1, hidden.shape[-1]).float()
+    idx = segments.reshape(-1) - 1
+    idx = torch.where(idx < 0, torch.full_like(idx, n), idx)  # padding goes to a discarded bucket n
+    sums = flat.new_zeros(n + 1, flat.shape[1]).index_add_(0, idx, flat)[:n]
+    counts = flat.new_zeros(n + 1).index_add_(0, idx, torch.ones_like(idx, dtype=flat.dtype))[:n]
+    return sums / counts.clamp(min=1.0).unsqueeze(-1)
+
+
+def segment_mask(segments: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """(rows, 1, width, width) mask: a token attends only to tokens of its own segment (the padding
+    of a row only to padding: finite scores, and nothing real sees it). ``dtype`` None: boolean
+    (True = attend; what transformers builds for SDPA), else additive (0 / dtype's min; eager)."""
+    same = (segments.unsqueeze(2) == segments.unsqueeze(1)).unsqueeze(1)
+    if dtype is None:
+        return same
+    return torch.zeros(same.shape, dtype=dtype, device=segments.device).masked_fill(~same, torch.finfo(dtype).min)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return read_json(path)
 
@@ -341,10 +363,42 @@ class SentenceEncoder(nn.Module):
         )
 
     # ---------------------------------------------------------------- compute
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        emb = pool(out.last_hidden_state, attention_mask, self.pooling)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        n_sequences: int | None = None,
+    ) -> torch.Tensor:
+        """(rows, dim) embeddings; with ``position_ids``, packed rows (``mst5_dist.encoding``):
+        ``attention_mask`` holds segment ids and the result has one row per sequence."""
+        if position_ids is None:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+            emb = pool(out.last_hidden_state, attention_mask, self.pooling)
+        else:
+            kind = self.packing
+            if kind is None:
+                raise ModelError(f"sequence packing is not supported for {self.model_type} with {self.pooling} pooling")
+            # A ready 4-D mask passes through transformers' mask creation as it is.
+            eager = self.backbone.config._attn_implementation == "eager"
+            mask = segment_mask(attention_mask, self.backbone.dtype if eager else None)
+            extra: dict[str, torch.Tensor] = {}
+            if kind != "relative":
+                offset = self.backbone.config.pad_token_id + 1 if kind == "after_padding" else 0
+                extra["position_ids"] = position_ids + offset
+            out = self.backbone(input_ids=input_ids, attention_mask=mask, **extra)
+            emb = packed_mean_pool(out.last_hidden_state, attention_mask, int(n_sequences))
         return F.normalize(emb, dim=-1) if self.normalize else emb
+
+    @property
+    def packing(self) -> str | None:
+        """How packed rows get their positions (``families.PACKED_POSITIONS``); None: not packable
+        (an unlisted model type, CLS pooling, or an attention kernel without arbitrary masks)."""
+        from mst5_dist.families import PACKED_POSITIONS
+
+        if self.pooling != "mean" or self.backbone.config._attn_implementation not in ("sdpa", "eager"):
+            return None
+        return PACKED_POSITIONS.get(self.model_type)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(

@@ -166,11 +166,12 @@ def _setup(base: str, extra: list[str]):
     return cfg, encoder, rows
 
 
-def loss_and_grads(setup, tokens, cache, hard, fault=None):
+def loss_and_grads(setup, tokens, cache, hard, fault=None, packed=False):
     cfg, encoder, rows = setup
     cfg.loss.chunk_tokens, cfg.loss.cache_chunk_size, cfg.loss.hard_negatives = tokens, cache, hard
+    cfg.loss.pack_sequences = packed
     objective = objectives.build(cfg)
-    chunker = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id, "cpu")
+    chunker = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id, "cpu", encoder.packing is not None)
     batch = BatchCollator(encoder.tokenizer, 64, objective, chunker)(rows)
     if fault == "order":
         batch["encode"].restore = None
@@ -214,6 +215,52 @@ def test_length_aware_equals_one_width_in_one_process(model, tokens, cache, hard
     assert batch["real_tokens"] == ref_batch["real_tokens"] and batch["padded_tokens"] < ref_batch["padded_tokens"]
     same = loss == pytest.approx(ref_loss, rel=1e-5) and worst_relative(grads, ref_grads) < 1e-5
     assert same == (fault is None), (loss, ref_loss, worst_relative(grads, ref_grads))
+
+
+# (model, chunk_tokens, hard negatives, fault): packed rows against the one-width case.
+PACKED_CASES = [
+    ("tiny", 16384, True, None),
+    ("tiny", 64, False, None),
+    ("minilm", 16384, True, None),
+    ("minilm", 64, False, None),
+    ("tiny", 16384, True, "order"),
+    ("tiny", 64, True, "mask"),  # one segment per row: sequences attend to their row-mates
+    ("minilm", 16384, True, "mask"),
+]
+
+
+@pytest.mark.parametrize(("model", "tokens", "hard", "fault"), PACKED_CASES)
+def test_packed_rows_equal_one_width_in_one_process(model, tokens, hard, fault, request):
+    setup = request.getfixturevalue(f"{model}_setup")
+    ref_loss, ref_grads, ref_batch = loss_and_grads(setup, None, None, hard)
+    _, _, padded = loss_and_grads(setup, tokens, None, hard)  # length-aware padded chunks
+    loss, grads, batch = loss_and_grads(setup, tokens, None, hard, fault, packed=True)
+    chunked = batch["encode"]
+    assert chunked.position_ids is not None and sum(int(t.shape[0]) for t in chunked.input_ids) < len(chunked.lengths)
+    assert batch["real_tokens"] == ref_batch["real_tokens"] and batch["padded_tokens"] < ref_batch["padded_tokens"]
+    if tokens == 16384:  # (at 64 tokens, rows as wide as the longest sequence pack coarsely)
+        assert batch["padded_tokens"] < padded["padded_tokens"]
+    assert (batch["chunks"] == 1) == (tokens == 16384)  # 64 tokens: more than one chunk of packed rows
+    same = loss == pytest.approx(ref_loss, rel=1e-5) and worst_relative(grads, ref_grads) < 1e-5
+    assert same == (fault is None), (loss, ref_loss, worst_relative(grads, ref_grads))
+
+
+def test_packing_falls_back_where_it_does_not_apply(tiny_setup):
+    """CLS pooling, a GradCache run or pack_sequences=false: padded chunks, never packed rows."""
+    cfg, encoder, _ = tiny_setup
+    assert encoder.packing == "relative"
+    cfg.loss.chunk_tokens, cfg.loss.pack_sequences = 16384, True
+    assert encoding.chunker(cfg.loss, 0, "cpu", True).packed
+    assert not encoding.chunker(cfg.loss, 0, "cpu", False).packed  # the model cannot take packed rows
+    cfg.loss.cache_chunk_size = 4
+    assert not encoding.chunker(cfg.loss, 0, "cpu", True).packed
+    cfg.loss.cache_chunk_size, cfg.loss.pack_sequences = None, False
+    assert not encoding.chunker(cfg.loss, 0, "cpu", True).packed
+    encoder.pooling = "cls"
+    try:
+        assert encoder.packing is None
+    finally:
+        encoder.pooling = "mean"
 
 
 # ------------------------------------------------------------------ 2 ranks
@@ -263,39 +310,44 @@ def test_length_aware_equals_one_width_on_two_ranks(backend, fault, tiny_base, t
 
 
 def test_logged_padding_is_what_the_chunks_encoded(tiny_base, tmp_path):
-    """A real tiny run logs less padding with length-aware chunks than at one width, and the logged
-    figure equals 1 - real / (rows x width) recomputed from the same batches' chunk tensors."""
+    """A real tiny run logs less padding with length-aware chunks than at one width, and less again
+    with packed rows; the logged figure equals 1 - real / (rows x width) recomputed from the same
+    batches' chunk tensors (real = mask > 0: a packed chunk's mask holds segment ids)."""
     from torch.utils.data import DataLoader
 
     from mst5_dist.training.recipe import train
 
     logs, expected = {}, {}
-    for tokens in ("16384", "null"):
-        out = tmp_path / tokens
+    variants = {
+        "packed": ["loss.chunk_tokens=16384"],
+        "chunks": ["loss.chunk_tokens=16384", "loss.pack_sequences=false"],
+        "onewidth": ["loss.chunk_tokens=null"],
+    }
+    for name, overrides in variants.items():
+        out = tmp_path / name
         cfg = load_config(
             TINY_CONFIG,
-            [f"model.name_or_path={tiny_base}", f"train.output_dir={out}", f"loss.chunk_tokens={tokens}",
+            [f"model.name_or_path={tiny_base}", f"train.output_dir={out}", *overrides,
              "train.max_steps=3", "train.report_to=[]", "train.progress_bar=false", "train.save_every=null",
              f"data.cache_dir={tmp_path / 'cache'}"],
         )  # fmt: skip
         train(cfg)
-        logs[tokens] = read_log(out)
+        logs[name] = read_log(out)
         dataset, sampler, collator = build_data(cfg, build_encoder(cfg), objectives.build(cfg), 1, 0)
         sampler.set_epoch(0, 0)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
         batches = [b for _, b in zip(range(3), loader)]
-        expected[tokens] = [
-            1 - sum(int(m.sum()) for m in b["encode"].attention_mask) / sum(m.numel() for m in b["encode"].input_ids)
-            for b in batches
-        ]
-        assert [r["chunks"] for r in logs[tokens]] == [len(b["encode"].input_ids) for b in batches]
-        assert [(r["real_tokens"], r["padded_tokens"]) for r in logs[tokens]] == [
-            (sum(int(m.sum()) for m in b["encode"].attention_mask), sum(m.numel() for m in b["encode"].input_ids))
-            for b in batches
-        ]
-    for tokens in logs:
-        assert [r["padding_fraction"] for r in logs[tokens]] == pytest.approx(expected[tokens], abs=1e-12)
-    assert all(r["chunks"] == 1 for r in logs["null"]) and all(r["chunks"] > 1 for r in logs["16384"])
-    aware, one = (sum(r["padding_fraction"] for r in logs[t]) / 3 for t in ("16384", "null"))
+        assert all((b["encode"].position_ids is not None) == (name == "packed") for b in batches)
+        real = [sum(int((m > 0).sum()) for m in b["encode"].attention_mask) for b in batches]
+        fed = [sum(m.numel() for m in b["encode"].input_ids) for b in batches]
+        expected[name] = [1 - r / f for r, f in zip(real, fed)]
+        assert [r["chunks"] for r in logs[name]] == [len(b["encode"].input_ids) for b in batches]
+        assert [(r["real_tokens"], r["padded_tokens"]) for r in logs[name]] == list(zip(real, fed))
+    for name in logs:
+        assert [r["padding_fraction"] for r in logs[name]] == pytest.approx(expected[name], abs=1e-12)
+    assert all(r["chunks"] == 1 for r in logs["onewidth"]) and all(r["chunks"] > 1 for r in logs["chunks"])
+    assert all(r["chunks"] == 1 for r in logs["packed"])  # a few hundred tokens: one chunk of packed rows
+    packed, aware, one = (sum(r["padding_fraction"] for r in logs[t]) / 3 for t in variants)
     assert aware < 0.5 * one, (aware, one)
+    assert packed < aware, (packed, aware)
     print(json.dumps({"padding_fraction_length_aware": aware, "padding_fraction_one_width": one}))

@@ -22,6 +22,7 @@ from mst5_dist.families import T5_FAMILY
 from mst5_dist.lora import apply_lora, enable_gradient_checkpointing
 from mst5_dist.model import SentenceEncoder
 from mst5_dist.objectives import SetupContext
+from mst5_dist.training.flops import attention_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,11 @@ def build_data(cfg: Config, encoder: SentenceEncoder, objective, world_size: int
         bucket_batches=cfg.data.bucket_batches,
     )
     objective.setup(SetupContext(cfg, dataset, device))
-    chunks = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id or 0, torch.device(device).type)
+    packable = encoder.packing is not None
+    if cfg.loss.pack_sequences and cfg.loss.chunk_tokens is not None and not packable:
+        logger.info(f"loss.pack_sequences: not for {encoder.model_type} with {encoder.pooling} pooling: padded chunks")
+    ratio = attention_ratio(encoder.backbone) if packable else None
+    chunks = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id or 0, torch.device(device).type, packable, ratio)
     return dataset, sampler, BatchCollator(encoder.tokenizer, encoder.max_seq_length, objective, chunks)
 
 

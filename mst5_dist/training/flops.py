@@ -53,6 +53,13 @@ def attention_width(config) -> int:
     return layers * inner
 
 
+def attention_ratio(backbone: nn.Module) -> float:
+    """Attention FLOPs per token and attended key over linear FLOPs per token, ``4 L d_attn / 2N``:
+    what a wider packed row costs (``encoding.pack_width``)."""
+    base, adapter = linear_weights(backbone)
+    return 2 * attention_width(backbone.config) / max(base + adapter, 1)
+
+
 @dataclass(frozen=True)
 class FlopModel:
     """The per-step FLOP formula of one run, built once in setup from the encoder and the config."""

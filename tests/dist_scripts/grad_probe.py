@@ -84,7 +84,9 @@ def main() -> None:
         cfg.loss.chunk_tokens = default_tokens if args.tokens is None else tok
         objective = objectives.build(cfg)
         gather = distributed.Gather(cfg.loss.gather_across_ranks)
-        chunker = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id, accelerator.device.type)
+        chunker = encoding.chunker(
+            cfg.loss, encoder.tokenizer.pad_token_id, accelerator.device.type, encoder.packing is not None
+        )
         collator = BatchCollator(encoder.tokenizer, 64, objective, chunker)
         losses, chunk_counts, planned = [], [], []
         for micro in range(A):
