@@ -6,7 +6,11 @@ Runs, on the same texts (Tatoeba fra + eng, 1,000 + 1,000, from ../shared/data/t
 batch size and thread count:
   sentence-transformers ``encode`` (torch, on the export's merged checkpoint) -- the baseline;
   our PyTorch encoder (``TorchEmbedder`` on --model, LoRA unmerged if it has one);
-  ONNX Runtime fp32, ORT fp32 through the transformer optimizer, ORT int8 (the export's gated graphs).
+  ONNX Runtime fp32, ORT fp32 through the transformer optimizer, ORT int8 (the export's gated graphs);
+  ORT int8 with every weight MatMul quantised, ungated: the ceiling of any gated int8 recipe.
+Below the table: fp32 GFLOP/s of a large torch matmul (the CPU's fp32 ceiling) against the GFLOP/s
+that sentence-transformers and ORT fp32 reach in the encoder's linear layers (2N x tokens / s): an
+fp32 runtime cannot be faster than the FLOPs allow.
 Each row: texts/s, ratio to sentence-transformers, min / mean cosine to the sentence-transformers
 embeddings, and Tatoeba fra accuracy (mean of fra->eng and eng->fra top-1, x100).
 
@@ -103,7 +107,53 @@ def runners(model: Path, export_dir: Path, scratch: Path, threads: int) -> dict:
         "ORT fp32": ort_runner(export_dir, "fp32", None, threads),
         "ORT fp32 optimised": ort_runner(export_dir, "fp32", optimized_graph(export_dir, scratch), threads),
         "ORT int8": ort_runner(export_dir, "int8", None, threads),
+        CEILING: ort_runner(export_dir, "fp32", every_matmul_int8(export_dir, scratch), threads),
     }
+
+
+CEILING = "ORT int8 every MatMul (ungated)"
+
+
+def every_matmul_int8(export_dir: Path, scratch: Path) -> Path:
+    """The fp32 graph with EVERY weight MatMul quantised (per-channel QInt8, no node kept in fp32),
+    whatever the gate says: the fastest int8 graph ONNX Runtime's dynamic quantisation gives, i.e.
+    a ceiling for any gated int8 recipe (its quality figures say why the gate may refuse it)."""
+    from mst5_dist.export.int8 import RECIPES, quantize
+
+    report = json.loads((export_dir / "export_report.json").read_text())
+    return quantize(export_dir / report["variants"]["fp32"]["file"], scratch / "every_matmul_int8.onnx",
+                    RECIPES["per_channel_matmul"])  # fmt: skip
+
+
+def gemm_ceiling(threads: int) -> float:
+    """fp32 GFLOP/s of one large torch matmul (2048^3) with ``threads`` threads: what this CPU's
+    fp32 units deliver at best."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+
+
+def encoder_gflops(export_dir: Path, texts: list[str], batch_size: int, rate: float) -> float:
+    """Linear-layer GFLOP/s of an encoder embedding ``texts`` at ``rate`` texts/s: 2N x tokens of
+    the length-sorted batches (N: linear weights on the token path, ``training.flops``)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from mst5_dist.training.flops import linear_weights
+
+    tok = AutoTokenizer.from_pretrained(str(export_dir))
+    base, _ = linear_weights(AutoModel.from_pretrained(str(export_dir)))
+    order = sorted(texts, key=len, reverse=True)
+    tokens = sum(
+        tok(order[i : i + batch_size], padding=True, truncation=True, return_tensors="np")["input_ids"].size
+        for i in range(0, len(order), batch_size)
+    )
+    return 2 * base * tokens * rate / len(texts) / 1e9
 
 
 def main() -> None:
@@ -152,6 +202,11 @@ def main() -> None:
                 f"{name:32s} {rate:9.1f} {rate / base_rate:5.2f}x {q['min_cos']:8.4f} {q['mean_cos']:9.5f} "
                 f"{q['tatoeba_fra']:11.2f}"
             )
+        peak = gemm_ceiling(args.threads)
+        print(f"fp32 ceiling: a 2048^3 torch matmul runs at {peak:.0f} GFLOP/s on {args.threads} thread(s); the fp32")
+        for name in ("sentence-transformers (torch)", "ORT fp32"):
+            g = encoder_gflops(export_dir, texts, args.batch_size, results[name][0])
+            print(f"  {name}: linear layers at {g:.0f} GFLOP/s = {100 * g / peak:.0f}% of it")
         print(f"load average at the end {os.getloadavg()[0]:.2f} (the machine is shared: ratios, not rates)")
 
 

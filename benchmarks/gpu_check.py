@@ -92,7 +92,7 @@ class Trainer:
     def __init__(self, accelerator, encoder, *, chunk: int | None = None, lr: float = 1e-4, bf16: bool = True):
         from mst5_dist import distributed
         from mst5_dist.objectives.triplet import TripletObjective
-        from mst5_dist.training.flops import FlopModel
+        from mst5_dist.training.flops import FlopModel, attention_ratio
 
         overrides = [f"optim.lr={lr}", "loss.hard_negatives=true", "train.grad_accum_steps=1"]
         if chunk:
@@ -107,7 +107,9 @@ class Trainer:
         )  # fmt: skip
         self.flops = FlopModel.from_encoder(encoder, self.cfg)
         self.device, self.bf16 = accelerator.device, bf16
-        self.chunker = encoding.chunker(self.cfg.loss, 0, self.device.type, encoder.packing is not None)  # the run's chunks
+        packable = encoder.packing is not None  # the trainer's chunks: packed rows where the model allows
+        ratio = attention_ratio(encoder.backbone) if packable else None
+        self.chunker = encoding.chunker(self.cfg.loss, 0, self.device.type, packable, ratio)
 
     def step(self, ids: list[list[int]]):
         """One optimizer step on ``ids``, collated as the trainer's collator does."""

@@ -111,6 +111,8 @@ def variant(name: str) -> tuple[str, list[str]]:
         n = int(name[len("overhead") :])
         return f"ours, aware, overhead {n}", [f"loss.chunk_overhead_tokens={n}"]
     raise SystemExit(f"unknown variant {name!r} ({', '.join(VARIANTS)}, overheadN)")
+
+
 NOISY = 0.10  # a run during which other processes used more than this share of the CPU is redone
 
 
@@ -479,7 +481,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bucket-batches", type=int, default=None, help="our data.bucket_batches (tiny.yaml: 2)")
     p.add_argument("--models", default="tiny-mt5,minilm", help="comma list of tiny-mt5, minilm")
     p.add_argument("--modes", default="lora", help="comma list of lora, full (default lora)")
-    p.add_argument("--variants", default="aware,onewidth", help=f"our variants, comma list of {', '.join(VARIANTS)}, overheadN")
+    p.add_argument(
+        "--variants", default="aware,onewidth", help=f"our variants, comma list of {', '.join(VARIANTS)}, overheadN"
+    )
     p.add_argument(
         "--max-wait", type=float, default=60.0, help="seconds to wait for an idle CPU before each run (default 60)"
     )
