@@ -291,28 +291,31 @@ def pack_sequences(
     per_chunk = max(1, budget // width)
     n_chunks = -(-len(rows) // per_chunk)
     cuts = np.linspace(0, len(rows), n_chunks + 1).round().astype(int)  # balanced chunks of whole rows
-    members = [[i for r in rows[a:b] for i in r] for a, b in itertools.pairwise(cuts)]
-    return build_packed([list(x) for x in ids], members, width, pad_id)
+    return build_packed([list(x) for x in ids], [rows[a:b] for a, b in itertools.pairwise(cuts)], width, pad_id)
 
 
-def build_packed(source: list[list[int]], members: list[list[int]], width: int, pad_id: int) -> ChunkedBatch:
-    """The packed ``ChunkedBatch`` of chunks holding ``members[k]`` (input rows), re-packed per chunk."""
+def repack(source: list[list[int]], members: list[int], width: int) -> list[list[int]]:
+    """``members`` (input rows) packed into rows of ``width`` (``pack_rows``), as input rows."""
+    return [[members[j] for j in row] for row in pack_rows([len(source[i]) for i in members], width)]
+
+
+def build_packed(source: list[list[int]], chunks: list[list[list[int]]], width: int, pad_id: int) -> ChunkedBatch:
+    """The packed ``ChunkedBatch`` of ``chunks``: per chunk, its rows, each a list of input rows."""
     input_ids, segs, positions, bounds, order, start = [], [], [], [], [], 0
-    for chunk in members:
-        rows = pack_rows([len(source[i]) for i in chunk], width)
+    for rows in chunks:
         ids = np.full((len(rows), width), pad_id, dtype=np.int64)
         seg = np.zeros((len(rows), width), dtype=np.int64)
         pos = np.zeros((len(rows), width), dtype=np.int64)
         k = 0
         for r, row in enumerate(rows):
             at = 0
-            for j in row:
-                seq = source[chunk[j]]
+            for i in row:
+                seq = source[i]
                 n = max(len(seq), 1)
                 ids[r, at : at + len(seq)] = seq
                 seg[r, at : at + n] = k + 1  # an empty sequence still gets one (padding) token
                 pos[r, at : at + n] = np.arange(n)
-                order.append(chunk[j])
+                order.append(i)
                 at, k = at + n, k + 1
         input_ids.append(torch.from_numpy(ids))
         segs.append(torch.from_numpy(seg))
@@ -333,7 +336,7 @@ def chunker(
     if overhead == "auto":
         overhead = AUTO_OVERHEAD_TOKENS.get(device_type, AUTO_OVERHEAD_TOKENS["cuda"])
     # GradCache's chunks stay unpacked: their row cap counts sequences.
-    packed = bool(getattr(loss_cfg, "pack_sequences", False)) and packable and not loss_cfg.cache_chunk_size
+    packed = loss_cfg.pack_sequences and packable and not loss_cfg.cache_chunk_size
     return Chunker(pad_id, loss_cfg.chunk_tokens, int(overhead), loss_cfg.cache_chunk_size, packed, attention_ratio)
 
 
@@ -350,7 +353,8 @@ def split_to(chunked: ChunkedBatch, count: int) -> ChunkedBatch:
             m = len(members[k]) // 2
             members[k : k + 1] = [members[k][:m], members[k][m:]]
         width, device = int(chunked.input_ids[0].shape[1]), chunked.input_ids[0].device
-        return build_packed(chunked.source, members, width, chunked.pad_id).to(device)  # the step moved it
+        chunks = [repack(chunked.source, m, width) for m in members]
+        return build_packed(chunked.source, chunks, width, chunked.pad_id).to(device)  # the step moved it
     ids, masks, bounds = list(chunked.input_ids), list(chunked.attention_mask), list(chunked.bounds)
     while len(ids) < count:
         k = max(range(len(bounds)), key=lambda c: bounds[c][1] - bounds[c][0])
