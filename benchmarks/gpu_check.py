@@ -92,7 +92,8 @@ class Trainer:
     def __init__(self, accelerator, encoder, *, chunk: int | None = None, lr: float = 1e-4, bf16: bool = True):
         from mst5_dist import distributed
         from mst5_dist.objectives.triplet import TripletObjective
-        from mst5_dist.training.flops import FlopModel, attention_ratio
+        from mst5_dist.training.builders import build_chunker
+        from mst5_dist.training.flops import FlopModel
 
         overrides = [f"optim.lr={lr}", "loss.hard_negatives=true", "train.grad_accum_steps=1"]
         if chunk:
@@ -107,9 +108,7 @@ class Trainer:
         )  # fmt: skip
         self.flops = FlopModel.from_encoder(encoder, self.cfg)
         self.device, self.bf16 = accelerator.device, bf16
-        packable = encoder.packing is not None  # the trainer's chunks: packed rows where the model allows
-        ratio = attention_ratio(encoder.backbone) if packable else None
-        self.chunker = encoding.chunker(self.cfg.loss, 0, self.device.type, packable, ratio)
+        self.chunker = build_chunker(self.cfg, encoder, self.device.type, 0)  # the trainer's chunks
 
     def step(self, ids: list[list[int]]):
         """One optimizer step on ``ids``, collated as the trainer's collator does."""

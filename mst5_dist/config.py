@@ -152,9 +152,10 @@ class LossConfig:
     cut where the padding saved exceeds it. ``auto``: 32 on CPU, 8192 on CUDA."""
 
     pack_sequences: bool = True
-    """Length-aware encoding packs the step's sequences into rows as wide as the longest one
-    (first-fit decreasing), each attending only to itself (block-diagonal mask, positions restarted
-    per sequence): one chunk per ``chunk_tokens`` tokens and almost no padding, same embeddings.
+    """Length-aware encoding packs the step's sequences into rows (best-fit decreasing; the width a
+    multiple of the longest sequence, priced by attention cost), each attending only to itself
+    (block-diagonal mask, positions restarted per sequence): one chunk per ``chunk_tokens`` tokens
+    and little padding, same embeddings.
     Applies to mean pooling on mT5/T5/UMT5, BERT, RoBERTa and XLM-R with SDPA or eager attention,
     and not to GradCache chunks; other runs keep padded chunks (logged). False: padded chunks."""
 

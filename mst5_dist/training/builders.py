@@ -120,12 +120,18 @@ def build_data(cfg: Config, encoder: SentenceEncoder, objective, world_size: int
         bucket_batches=cfg.data.bucket_batches,
     )
     objective.setup(SetupContext(cfg, dataset, device))
+    chunks = build_chunker(cfg, encoder, torch.device(device).type, encoder.tokenizer.pad_token_id or 0)
+    return dataset, sampler, BatchCollator(encoder.tokenizer, encoder.max_seq_length, objective, chunks)
+
+
+def build_chunker(cfg: Config, encoder: SentenceEncoder, device_type: str, pad_id: int) -> encoding.Chunker:
+    """The run's chunker: packed rows where the encoder can take them (priced by its attention
+    cost), padded chunks otherwise (said once in the log)."""
     packable = encoder.packing is not None
     if cfg.loss.pack_sequences and cfg.loss.chunk_tokens is not None and not packable:
         logger.info(f"loss.pack_sequences: not for {encoder.model_type} with {encoder.pooling} pooling: padded chunks")
     ratio = attention_ratio(encoder.backbone) if packable else None
-    chunks = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id or 0, torch.device(device).type, packable, ratio)
-    return dataset, sampler, BatchCollator(encoder.tokenizer, encoder.max_seq_length, objective, chunks)
+    return encoding.chunker(cfg.loss, pad_id, device_type, packable, ratio)
 
 
 def plan_steps(cfg: Config, sampler: GlobalBatchSampler, n_rows: int) -> tuple[list[int], int]:
