@@ -109,6 +109,9 @@ class ChunkedBatch:
     the chunk on its tokens) instead of 0/1."""
     source: list[list[int]] | None = None
     """Packed batches only: the token ids of every input row (host side), to re-pack on a split."""
+    members: list[list[int]] | None = None
+    """Packed batches only: per chunk, its sequences' input rows, in the chunk's output order (kept
+    rather than derived from ``restore``, which a split must not depend on)."""
     pad_id: int = 0
     """Packed batches only: the token id of padding (for a re-pack)."""
 
@@ -320,9 +323,10 @@ def build_packed(source: list[list[int]], chunks: list[list[list[int]]], width: 
         positions.append(torch.from_numpy(pos))
         bounds.append((start, start + k))
         start += k
+    members = [order[a:b] for a, b in bounds]
     back = torch.from_numpy(np.argsort(np.asarray(order, dtype=np.int64), kind="stable"))
     lengths = [len(source[i]) for i in order]
-    return ChunkedBatch(input_ids, segs, lengths, bounds, back, False, positions, source, pad_id)
+    return ChunkedBatch(input_ids, segs, lengths, bounds, back, False, positions, source, members, pad_id)
 
 
 def chunker(
@@ -341,9 +345,8 @@ def split_to(chunked: ChunkedBatch, count: int) -> ChunkedBatch:
     """The same rows in ``count`` chunks: the chunk with the most rows is halved until there are
     enough (the second half is cut to its own width, so no padding is added). Packed chunks: the
     sequences of the one with the most are halved and each half re-packed."""
-    if chunked.position_ids is not None:
-        order = torch.argsort(chunked.restore.cpu()).tolist()  # output position -> input row
-        members = [order[a:b] for a, b in chunked.bounds]
+    if chunked.members is not None:
+        members = list(chunked.members)
         while len(members) < count:
             k = max(range(len(members)), key=lambda c: len(members[c]))
             if len(members[k]) < 2:
