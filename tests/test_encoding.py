@@ -16,8 +16,9 @@ from conftest import TINY_CONFIG, read_log
 from test_distributed import PROBE, launch
 
 from mst5_dist import encoding, objectives
+from mst5_dist.collate import BatchCollator
 from mst5_dist.config import ConfigError, load_config
-from mst5_dist.data import BatchCollator, read_jsonl
+from mst5_dist.data import read_jsonl
 from mst5_dist.distributed import Gather
 from mst5_dist.tiny_default import builtin_path
 from mst5_dist.training.builders import build_data, build_encoder

@@ -8,9 +8,9 @@ import math
 import torch
 
 from mst5_dist import distributed, encoding
+from mst5_dist.collate import BatchCollator
 from mst5_dist.config import Config, ConfigError
 from mst5_dist.data import (
-    BatchCollator,
     DataError,
     GlobalBatchSampler,
     load_cached,

@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from mst5_dist import distributed, encoding, objectives
+from mst5_dist.collate import BatchCollator
 from mst5_dist.config import load_config
-from mst5_dist.data import BatchCollator, read_jsonl
+from mst5_dist.data import read_jsonl
 from mst5_dist.tiny_default import builtin_path
 from mst5_dist.training.builders import build_encoder, configure_deepspeed, setup_accelerator
 from mst5_dist.training.step import compute_loss
