@@ -32,7 +32,14 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.lora",
             "mst5_dist.losses",
             "mst5_dist.distributed",
-            "mst5_dist.data",
+            "mst5_dist.data",  # the package re-exports its modules' names
+            "mst5_dist.data.rows",  # row layout, validation, the reference JSON-lines parser
+            "mst5_dist.data.formats",  # readers by data.format name, one module each
+            "mst5_dist.data.blocks",  # JSONL into Arrow block by block
+            "mst5_dist.data.arrays",  # integer arrays cached beside the data
+            "mst5_dist.data.cache",  # the Arrow cache and its key
+            "mst5_dist.data.lengths",  # token lengths
+            "mst5_dist.data.sampler",  # GlobalBatchSampler
             "mst5_dist.encoding",
             "mst5_dist.collate",
             "mst5_dist.objectives",

@@ -19,6 +19,9 @@ from conftest import REPO
 from mst5_dist import data
 from mst5_dist.config import DataConfig
 from mst5_dist.data import DataError, GlobalBatchSampler, load_cached, read_jsonl, read_triplets, repeated_in_rows
+from mst5_dist.data import blocks as data_blocks
+from mst5_dist.data import cache as data_cache
+from mst5_dist.data import lengths as data_lengths
 from mst5_dist.tiny_default import builtin_path
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -289,7 +292,7 @@ def _block_reader(path, tmp_path, skip_bad, need_negative=True, max_rows=None):
 @pytest.mark.parametrize("skip_bad", [False, True])
 @pytest.mark.parametrize("name", sorted([*READER_CASES, *READER_BYTES]))
 def test_block_reader_equals_the_python_reader(tmp_path, monkeypatch, name, skip_bad):
-    monkeypatch.setattr(data, "_BLOCK_BYTES", 97)  # many blocks: boundaries inside the cases too
+    monkeypatch.setattr(data_blocks, "_BLOCK_BYTES", 97)  # many blocks: boundaries inside the cases too
     path = tmp_path / "in.jsonl"
     path.write_bytes(READER_BYTES[name] if name in READER_BYTES else READER_CASES[name].encode())
     assert _block_reader(path, tmp_path, skip_bad) == _reference(path, skip_bad)
@@ -298,7 +301,7 @@ def test_block_reader_equals_the_python_reader(tmp_path, monkeypatch, name, skip
 def test_block_reader_fuzz_equals_the_python_reader(tmp_path, monkeypatch):
     """Seeded random damage to valid lines: the block reader gives exactly the reference's rows,
     or the same one-line error naming file, line and field."""
-    monkeypatch.setattr(data, "_BLOCK_BYTES", 311)
+    monkeypatch.setattr(data_blocks, "_BLOCK_BYTES", 311)
     rng = np.random.default_rng(0)
     base = [_line(source_id=f"s{i % 7}", anchor=f"w{i} \u00e9 x", lang=["en", 5][i % 2]).encode() for i in range(30)]
     noise = [b"", b" ", b"\n", b"\r", b'"', b",", b"\\", b"\\u0041", b"\xff", b"\xef\xbb\xbf", b"null", b"{}", b"\t"]
@@ -315,7 +318,7 @@ def test_block_reader_fuzz_equals_the_python_reader(tmp_path, monkeypatch):
 
 
 def test_block_reader_max_rows_and_need_negative(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_BLOCK_BYTES", 200)
+    monkeypatch.setattr(data_blocks, "_BLOCK_BYTES", 200)
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(_line(source_id=f"s{i}") for i in range(40)) + "\n")
     assert _block_reader(path, tmp_path, False, max_rows=13) == _reference(path, False, max_rows=13)
@@ -327,8 +330,8 @@ def test_clean_blocks_take_the_arrow_path(tmp_path, monkeypatch):
     while a bad row does (and is named)."""
     calls = []
     real = data._python_block
-    monkeypatch.setattr(data, "_python_block", lambda *a: calls.append(a[1]) or real(*a))
-    monkeypatch.setattr(data, "_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(data_blocks, "_python_block", lambda *a: calls.append(a[1]) or real(*a))
+    monkeypatch.setattr(data_blocks, "_BLOCK_BYTES", 1000)
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(_line(source_id=f"s{i}") for i in range(60)) + "\n")
     _block_reader(path, tmp_path, False)
@@ -387,7 +390,7 @@ def test_token_lengths_are_cached_once_per_tokenizer_length_and_columns(tokenize
     ds, folder = multilingual
     tiny, minilm = tokenizers["tiny-mt5"], tokenizers["minilm"]
     first = data.token_lengths(ds, tiny, 64, ("anchor", "positive"), folder)
-    monkeypatch.setattr(data, "_compute_lengths", lambda *a: pytest.fail("recomputed a cached array"))
+    monkeypatch.setattr(data_lengths, "_compute_lengths", lambda *a: pytest.fail("recomputed a cached array"))
     assert np.array_equal(data.token_lengths(ds, tiny, 64, ("anchor", "positive"), folder), first)
     monkeypatch.undo()
     before = set(folder.glob("lengths-*.npy"))
@@ -438,7 +441,7 @@ def test_source_codes_match_ids_and_are_cached(multilingual, monkeypatch):
     assert all(first.setdefault(s, c) == c for s, c in zip(ids, codes.tolist(), strict=True))
     assert len(set(first.values())) == len(first)  # equal codes exactly for equal ids
     assert (folder / data.SOURCE_CODES).is_file()
-    monkeypatch.setattr(data, "_encode_source_ids", lambda *a: pytest.fail("recomputed a cached array"))
+    monkeypatch.setattr(data_cache, "encode_source_ids", lambda *a: pytest.fail("recomputed a cached array"))
     assert np.array_equal(data.source_codes(ds, folder), codes)
 
 
@@ -453,10 +456,11 @@ fail_on_rank0 = sys.argv[6] == "fail"
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
 from mst5_dist import data, distributed
 from mst5_dist.config import DataConfig
+from mst5_dist.data import lengths as data_lengths
 from transformers import AutoTokenizer
 computed = []
-real = data._compute_lengths
-data._compute_lengths = lambda *a: computed.append(1) or real(*a)
+real = data_lengths._compute_lengths
+data_lengths._compute_lengths = lambda *a: computed.append(1) or real(*a)
 tok = AutoTokenizer.from_pretrained(sys.argv[7])
 events = []
 try:
