@@ -1,11 +1,12 @@
 import json
+import re
 import subprocess
 from collections import Counter
 
 import pytest
 from conftest import REPO, mst5_cmd
 
-from mst5_dist.config import DataConfig
+from mst5_dist.config import ConfigError, DataConfig
 from mst5_dist.data import (
     DataError,
     GlobalBatchSampler,
@@ -187,24 +188,96 @@ def test_cli_bad_input_fails_cleanly_and_writes_nothing(tmp_path, tiny_base, cas
     assert not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
 
 
-def test_streaming_jsonl_gives_the_same_dataset(tmp_path):
-    """data.streaming=true writes Arrow row by row; same rows as the in-memory path."""
-    from mst5_dist.data import load_dataset
+def _odd_jsonl(shared_data, folder):
+    """Rows with odd whitespace and unicode (read by Arrow), a real JSONL file (the embedded set,
+    then SNLI dev triplets), and last the rows Arrow leaves to the Python fallback: an integer or
+    missing source id, an ASCII escape, bad rows."""
+    good = {"anchor": "a b", "positive": "c d", "negative": "e f"}
+    odd = [
+        {**good, "anchor": "\u3000 Kätzchen 猫 \x1c", "positive": "\u2028y\xa0", "source_id": "odd"},
+        {**good, "anchor": "\t tab and newline\n", "negative": "emoji 😀 \u200a", "source_id": "odd"},
+    ]
+    fallback = [
+        {**good, "source_id": 7},  # kept (as "7"), but Arrow cannot read it as a string
+        {**good, "positive": "   "},  # empty sentence
+        {"anchor": "no negative", "positive": "b"},  # missing field
+        {**good, "anchor": 5},  # wrong type
+    ]
+    snli = read_snli(shared_data / "nli" / "snli_1.0_dev.jsonl").rows[:400]
+    lines = [json.dumps(r, ensure_ascii=False) for r in odd]
+    lines += builtin_path("tiny_nli").read_text().splitlines()
+    lines += [json.dumps(r, ensure_ascii=False) for r in snli + fallback]
+    lines += ["{not json", '{"anchor": "\\u0041bc \\u00e9", "positive": "p", "negative": "n"}', json.dumps(good)]
+    path = folder / "real-and-odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
-    plain = load_dataset(DataConfig(paths=["builtin:tiny_nli"], cache_dir=str(tmp_path / "a")), seed=0)
-    streamed = load_dataset(
-        DataConfig(paths=["builtin:tiny_nli"], streaming=True, cache_dir=str(tmp_path / "b")), seed=0
+
+@pytest.mark.parametrize("skip_bad", [True, False])
+def test_block_reader_rows_equal_the_python_reference(tmp_path, shared_data, monkeypatch, skip_bad):
+    """The cached dataset (JSONL block reader into Arrow) against the Python reference reader on
+    the same file, with small blocks so that both the Arrow path and its fallback run."""
+    from mst5_dist.data import blocks, load_dataset
+
+    path = _odd_jsonl(shared_data, tmp_path)
+    monkeypatch.setattr(blocks, "_BLOCK_BYTES", 8192)
+    python_blocks = []
+    real = blocks._python_block
+    monkeypatch.setattr(blocks, "_python_block", lambda *a: python_blocks.append(a[1]) or real(*a))
+    cfg = DataConfig(paths=[str(path)], skip_bad_rows=skip_bad, cache_dir=str(tmp_path / "cache"))
+    if not skip_bad:
+        with pytest.raises(DataError) as reference:
+            read_triplets(cfg, seed=0)
+        with pytest.raises(DataError, match=re.escape(str(reference.value))):
+            load_dataset(cfg, seed=0)
+        assert not list((tmp_path / "cache").rglob("dataset_info.json"))  # nothing a later run would trust
+        return
+    want = [{c: r[c] for c in ("anchor", "positive", "negative", "source_id")} for r in read_triplets(cfg, 0).rows]
+    got = load_dataset(cfg, seed=0).to_list()
+    n_blocks = len(list(blocks._jsonl_blocks(path)))
+    assert 0 < len(python_blocks) < n_blocks  # both paths ran: most blocks through Arrow
+    assert len(got) == len(want) > 700
+    assert got == want
+
+
+def test_new_seed_reuses_seed_free_caches(tmp_path, shared_data):
+    """Only a format whose rows follow the seed keys its cache by it: JSONL under two seeds shares
+    one cache folder (no re-parse); XNLI cross-lingual sampling gets one per seed."""
+    from mst5_dist.data import load_cached
+
+    jsonl = DataConfig(paths=["builtin:tiny_nli"], cache_dir=str(tmp_path / "cache"))
+    ds0, folder0 = load_cached(jsonl, seed=0)
+    ds1, folder1 = load_cached(jsonl, seed=1)
+    assert folder1 == folder0 and ds1.cache_files == ds0.cache_files
+    xnli = DataConfig(
+        format="xnli", paths=[str(shared_data / "xnli")], languages=["en", "de"], cache_dir=str(tmp_path / "cache")
     )
-    assert streamed.to_dict() == plain.to_dict() and len(streamed) == 300
-    assert [p.name for p in (tmp_path / "b").iterdir()] == [next((tmp_path / "a").iterdir()).name]  # no scratch left
+    (x0, xfolder0), (x1, xfolder1) = load_cached(xnli, seed=0), load_cached(xnli, seed=1)
+    assert xfolder0 != xfolder1 and x0.to_dict() != x1.to_dict()
+    assert xfolder0 != folder0
 
 
-def test_streaming_bad_row_names_file_line_field(tmp_path):
-    from mst5_dist.data import load_dataset
+def test_formats_come_from_the_registry(tmp_path):
+    """One lookup by ``data.format``: an unknown name is a config error listing the registered
+    ones, and a registered reader (as a new module would add) is what reads."""
+    from mst5_dist.data import formats, load_dataset
 
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"anchor": "a b", "positive": "c d", "negative": "e f"}\n{"anchor": "a", "positive": ""}\n')
-    cfg = DataConfig(paths=[str(path)], streaming=True, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'positive': empty sentence"):
-        load_dataset(cfg, seed=0)
-    assert not list((tmp_path / "cache").rglob("dataset_info.json"))  # nothing a later run would trust
+    with pytest.raises(ConfigError, match=r"data\.format: unknown format 'tsv'.*csv, hub, jsonl, snli, xnli"):
+        read_triplets(DataConfig(format="tsv"), seed=0)
+
+    @formats.register("shout")
+    class Shout(formats.Format):
+        def read(self, source, cfg, seed, need_negative, check):
+            return [
+                {"anchor": f"{source.name} {i}", "positive": "P", "negative": "N", "source_id": str(i)}
+                for i in range(5)
+            ]
+
+    try:
+        cfg = DataConfig(format="shout", paths=[str(tmp_path / "a"), str(tmp_path / "b")], max_rows=7)
+        rows = read_triplets(cfg, seed=0).rows
+        assert [r["anchor"] for r in rows] == [f"a {i}" for i in range(5)] + ["b 0", "b 1"]
+        cfg.cache_dir = str(tmp_path / "cache")
+        assert load_dataset(cfg, seed=0).to_list() == rows
+    finally:
+        formats.unregister("shout")
