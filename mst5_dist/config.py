@@ -224,8 +224,9 @@ class OptimConfig:
     warmup_ratio: float = field(default=0.1, metadata=kinds(resume=False, cache=False))
     """Fraction of optimizer steps with linear warmup from 0 to ``lr``."""
 
-    scheduler: Literal["linear", "constant"] = field(default="linear", metadata=kinds(resume=False, cache=False))
-    """After warmup: linear decay to 0, or constant."""
+    scheduler: str = field(default="linear", metadata=kinds(resume=False, cache=False))
+    """Schedule after warmup, by registered name (``mst5_dist.training.schedules``): ``linear``
+    decay to 0, or ``constant``."""
 
     max_grad_norm: float = field(default=1.0, metadata=kinds(resume=False, cache=False))
     """Clip the global gradient norm to this value (0 disables clipping)."""

@@ -31,6 +31,7 @@ from mst5_dist.training.checkpoint import TrainState
 from mst5_dist.training.evaluation import PeriodicEval
 from mst5_dist.training.flops import FlopModel
 from mst5_dist.training.output import OutputInUse, existing_run, output_lock, truncate_log
+from mst5_dist.training.schedules import SCHEDULES
 from mst5_dist.training.signals import STOP
 from mst5_dist.training.step import train_step
 
@@ -82,6 +83,7 @@ def setup(cfg: Config) -> Run:
 
     validate(cfg)  # a Config built in code has not been through load_config's checks
     objective = objectives.build(cfg)  # checks the objective's settings before anything loads
+    SCHEDULES.get(cfg.optim.scheduler)  # an unknown schedule fails before anything loads too
     accelerator = builders.setup_accelerator(cfg)
     set_seed(cfg.train.seed)
     encoder = builders.build_encoder(cfg)
