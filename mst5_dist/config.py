@@ -1,9 +1,9 @@
 """Typed, nested run configuration loaded from YAML with ``section.key=value`` overrides.
 
-Every field carries a docstring (the string literal under it; a test parses this file to make
-sure none is missing) and declares, in its metadata, whether it enters the resume fingerprint and
-the data cache key (``kinds``; ``config_keys`` lists them). Loading is strict: an unknown section or key,
-or a value of the wrong type, raises ``ConfigError`` naming the offending key (and the file).
+Every field carries a docstring (the string literal under it; a test parses this file to make sure
+none is missing) and declares, in its metadata, whether it enters the resume fingerprint and the
+data cache key (``kinds``; ``config_keys`` lists them). Loading is strict: an unknown section or
+key, or a value of the wrong type, raises ``ConfigError`` naming the offending key (and the file).
 """
 
 from __future__ import annotations
