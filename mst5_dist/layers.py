@@ -10,7 +10,7 @@ FOUNDATION_THIRD_PARTY = ("yaml",)
 
 LAYERS: list[tuple[str, list[str]]] = [
     (
-        "foundation",  # run-folder layout, files, config, errors, families table, logging, model card, versions
+        "foundation",  # run-folder layout, files, config, registries, errors, families table, logging, model card, versions
         [
             "mst5_dist",
             "mst5_dist.layers",
@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.files",
             "mst5_dist.layout",
             "mst5_dist.config",
+            "mst5_dist.registry",
             "mst5_dist.families",
             "mst5_dist.logs",
             "mst5_dist.commands",

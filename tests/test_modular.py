@@ -17,8 +17,9 @@ import torch
 from conftest import REPO, mst5_cmd, read_log
 
 from mst5_dist import modular
-from mst5_dist.config import ConfigError, load_config
+from mst5_dist.config import Config, ConfigError, load_config
 from mst5_dist.model import ModelError, SentenceEncoder
+from mst5_dist.modular.config import load_modular_config
 from mst5_dist.objectives import cla
 
 LANGS = ["en", "de", "ru", "zh"]
@@ -100,7 +101,7 @@ def test_parallel_rows_refuse_unaligned_translations(tmp_path):
 
 
 def test_plan_and_config_errors(tmp_path):
-    cfg = load_config(None, ["modular.languages=[en,de,ru]"])
+    cfg = load_modular_config(None, ["modular.languages=[en,de,ru]"])
     assert modular.plan(cfg) == [
         ("language", "en"),
         ("language", "de"),
@@ -109,15 +110,16 @@ def test_plan_and_config_errors(tmp_path):
         ("cla", "ru"),
     ]
     with pytest.raises(ConfigError, match="pivot_language 'en' must be one of"):
-        modular.plan(load_config(None, ["modular.languages=[de,ru]"]))
+        modular.plan(load_modular_config(None, ["modular.languages=[de,ru]"]))
     with pytest.raises(ConfigError, match=r"modular\.languages is empty"):
-        modular.plan(load_config(None, []))
+        modular.plan(load_modular_config(None, []))
     with pytest.raises(ConfigError, match=r"needs loss\.pivot_model"):
         cla.check_config(load_config(None, ["loss.objective=cla"]))
     stage = modular.stage_config(cfg, tmp_path, "cla", "de")
     assert stage.model.merge_adapters == [str(tmp_path / "language" / "de" / "final")]
     assert stage.loss.pivot_model == str(tmp_path / "language" / "en" / "final")
     assert stage.loss.hard_negatives is False and stage.train.output_dir == str(tmp_path / "cla" / "de")
+    assert type(stage) is Config  # a stage is a plain run: its saved config.yaml reruns as `mst5 train`
 
 
 def test_embedding_cache_keys_routed_rows_by_language_and_routing(tmp_path):

@@ -19,7 +19,7 @@ from conftest import TINY_CONFIG, read_log, train_cmd
 from safetensors.torch import load_file
 
 from mst5_dist.cli import main
-from mst5_dist.config import load_config
+from mst5_dist.config import ConfigError, load_config
 
 FAST = ("train.progress_bar=false", "train.report_to=[]")
 
@@ -319,6 +319,51 @@ def test_resume_refuses_settings_that_change_the_run(checkpointed, tiny_base, tm
         assert "cannot resume from" in line and f"{key} was" in line, line
     # negative control: changing only the number of steps is a legitimate continuation
     assert main([*tiny_args(tiny_base, run, "train.max_steps=5"), "--resume", "latest"]) == 0
+
+
+def _as_written_by_an_older_version(ckpt: Path) -> None:
+    """What a checkpoint written before loss.pivot_model entered the fingerprint (and before
+    data.streaming went and the modular section left the run config) holds."""
+    import yaml
+
+    from mst5_dist.files import write_manifest
+    from mst5_dist.layout import CHECKPOINT_MANIFEST
+
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    del state["fingerprint"]["loss.pivot_model"]
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+    saved["data"]["streaming"] = False
+    saved["modular"] = {"languages": [], "pivot_language": "en", "stsb_dir": "../shared/data/stsb-multi-mt",
+                        "min_score": 4.0, "parallel_max_rows": None, "language_overrides": [], "cla_overrides": []}  # fmt: skip
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    write_manifest(ckpt, CHECKPOINT_MANIFEST)
+
+
+def test_a_checkpoint_written_before_a_key_entered_the_fingerprint_resumes(checkpointed, tmp_path, capsys):
+    assert (
+        "loss.pivot_model"
+        in json.loads((checkpointed / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())[
+            "fingerprint"
+        ]
+    )
+    run = _copy_without_final(checkpointed, tmp_path / "run")
+    ckpt = run / "checkpoints" / "step-00000004"
+    _as_written_by_an_older_version(ckpt)
+    resume = ["train", "--config", str(ckpt / "config.yaml"), f"train.output_dir={run}", "--resume", "latest"]
+    # the missing key is compared with what the checkpoint's config.yaml recorded ('')
+    assert main([*resume, f"loss.pivot_model={tmp_path}"]) == 2
+    assert f"loss.pivot_model was '', now '{tmp_path}'" in last_line(capsys)
+    assert main(resume) == 0  # its old config.yaml (data.streaming, modular:) loads; the run finishes
+    assert max_diff(adapter(run), adapter(checkpointed)) <= 1e-6
+
+
+def test_a_fingerprint_key_missing_everywhere_is_compared_with_its_default(tmp_path):
+    from mst5_dist.training.checkpoint import check_resume
+
+    check_resume(load_config(None), tmp_path, {"fingerprint": {}})  # no config.yaml either: the defaults
+    with pytest.raises(ConfigError, match=r"loss\.pivot_model was '', now 'elsewhere'"):
+        check_resume(load_config(None, ["loss.pivot_model=elsewhere"]), tmp_path, {"fingerprint": {}})
 
 
 def test_resume_after_a_crash_keeps_each_step_once_in_the_log(checkpointed, tiny_base, tmp_path):

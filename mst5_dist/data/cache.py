@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mst5_dist.config import DataConfig
+from mst5_dist.config import DataConfig, config_keys
 from mst5_dist.data.arrays import arrow_column, cached_array, encode_source_ids, save_array
 from mst5_dist.data.formats import Format, chunks, get
 from mst5_dist.data.formats.base import require_rows
@@ -24,21 +24,10 @@ SOURCE_CODES = "source_codes.npy"
 
 def _cache_key(reader: Format, cfg: DataConfig, seed: int, need_negative: bool) -> str:
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [
-                cfg.format,
-                cfg.paths,
-                cfg.languages,
-                cfg.split,
-                cfg.cross_lingual,
-                cfg.skip_bad_rows,
-                cfg.max_rows,
-                seed if reader.uses_seed else None,  # a new seed must not re-parse seed-free rows
-                need_negative,
-            ]
-        ).encode()
-    )
+    # The fields are those that declare ``cache`` in mst5_dist.config, so a new data field chooses.
+    fields = [getattr(cfg, key.split(".", 1)[1]) for key in config_keys("cache") if key.startswith("data.")]
+    seeded = seed if reader.uses_seed else None  # a new seed must not re-parse seed-free rows
+    h.update(json.dumps([*fields, seeded, need_negative]).encode())
     for path in reader.sources(cfg) if reader.local else ():
         if path.exists():
             files = sorted(path.rglob("*")) if path.is_dir() else [path]

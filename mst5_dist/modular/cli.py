@@ -12,7 +12,7 @@ from mst5_dist.training.signals import STOP
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", required=True, help="YAML config with a modular: section (see configs/modular-tiny.yaml)"
+        "--config", required=True, help="YAML run config plus a modular: section (see configs/modular-tiny.yaml)"
     )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. modular.languages=[en,de]")
     p.add_argument("--stages", default="language,cla", help="which stages to run (default: language,cla)")
@@ -22,11 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     def job() -> None:
         from mst5_dist import distributed
-        from mst5_dist.config import check_world_size, load_config
+        from mst5_dist.config import check_world_size
+        from mst5_dist.modular.config import load_modular_config
         from mst5_dist.modular.manifest import MANIFEST
         from mst5_dist.modular.pipeline import train_modular
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_modular_config(args.config, args.overrides)
         check_world_size(cfg, distributed.launched_world_size())
         try:
             with distributed.process_group(cfg.train.collective_timeout_s):  # one for all stages

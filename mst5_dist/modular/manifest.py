@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mst5_dist.config import Config
 from mst5_dist.errors import ModelError
 from mst5_dist.files import atomic_write_json, read_json
 from mst5_dist.layout import FINAL_DIR, META_FILE, MODULAR_MANIFEST
+from mst5_dist.modular.config import ModularRunConfig
 
 MANIFEST = MODULAR_MANIFEST
 STAGES = ("language", "cla")
@@ -25,7 +25,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def write_manifest(out: Path, cfg: Config) -> dict[str, Any]:
+def write_manifest(out: Path, cfg: ModularRunConfig) -> dict[str, Any]:
     """List the finished modules (relative paths); rewritten atomically after every stage."""
     langs: dict[str, dict[str, str]] = {}
     for lang in cfg.modular.languages:

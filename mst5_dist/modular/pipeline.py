@@ -17,6 +17,7 @@ from mst5_dist import distributed
 from mst5_dist.config import Config, with_overrides
 from mst5_dist.errors import ConfigError
 from mst5_dist.layout import FINAL_DIR, META_FILE
+from mst5_dist.modular.config import ModularRunConfig
 from mst5_dist.modular.data import language_rows, parallel_rows, write_jsonl
 from mst5_dist.modular.manifest import STAGES, write_manifest
 from mst5_dist.training.recipe import train
@@ -24,8 +25,8 @@ from mst5_dist.training.recipe import train
 logger = logging.getLogger(__name__)
 
 
-def stage_config(cfg: Config, out: Path, stage: str, lang: str) -> Config:
-    """The config of one stage run: the user's config, this stage's data/output, then overrides."""
+def stage_config(cfg: ModularRunConfig, out: Path, stage: str, lang: str) -> Config:
+    """The config of one stage run: the user's run sections, this stage's data/output, then overrides."""
     m = cfg.modular
     data = stage_data_path(out, stage, lang)
     common = [
@@ -36,17 +37,17 @@ def stage_config(cfg: Config, out: Path, stage: str, lang: str) -> Config:
         f"train.output_dir={json.dumps(str(out / stage / lang))}",
     ]
     if stage == "language":
-        return with_overrides(cfg, [*common, "loss.objective=triplet", *m.language_overrides])
+        return with_overrides(cfg.run_config(), [*common, "loss.objective=triplet", *m.language_overrides])
     pivot_module = out / "language" / m.pivot_language / FINAL_DIR
     extra = [
         "loss.objective=cla",
         f"model.merge_adapters=[{json.dumps(str(out / 'language' / lang / FINAL_DIR))}]",
         f"loss.pivot_model={json.dumps(str(pivot_module))}",
     ]
-    return with_overrides(cfg, common + extra + list(m.cla_overrides))
+    return with_overrides(cfg.run_config(), common + extra + list(m.cla_overrides))
 
 
-def plan(cfg: Config) -> list[tuple[str, str]]:
+def plan(cfg: ModularRunConfig) -> list[tuple[str, str]]:
     m = cfg.modular
     if not m.languages:
         raise ConfigError("modular.languages is empty (e.g. modular.languages=[en,de,ru,zh])")
@@ -60,7 +61,7 @@ def stage_data_path(out: Path, stage: str, lang: str) -> Path:
     return out / "data" / f"{'language' if stage == 'language' else 'parallel'}-{lang}.jsonl"
 
 
-def prepare_data(cfg: Config, out: Path, stage: str, lang: str) -> tuple[Path, int]:
+def prepare_data(cfg: ModularRunConfig, out: Path, stage: str, lang: str) -> tuple[Path, int]:
     """Write the stage's rows where ``stage_config`` points the trainer; (path, row count)."""
     m = cfg.modular
     if stage == "language":
@@ -70,7 +71,7 @@ def prepare_data(cfg: Config, out: Path, stage: str, lang: str) -> tuple[Path, i
     return write_jsonl(stage_data_path(out, stage, lang), rows), len(rows)
 
 
-def train_modular(cfg: Config, *, stages: list[str] | None = None, resume: bool = False) -> Path:
+def train_modular(cfg: ModularRunConfig, *, stages: list[str] | None = None, resume: bool = False) -> Path:
     """Stage 1 for every language, then stage 2 for every non-pivot one; a stage whose ``final/``
     exists is skipped, so rerunning continues where a run stopped (``resume`` also picks up the
     stopped stage's latest checkpoint). Returns the output folder holding ``modular.json``.

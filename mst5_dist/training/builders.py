@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -23,6 +22,7 @@ from mst5_dist.lora import apply_lora, enable_gradient_checkpointing
 from mst5_dist.model import SentenceEncoder
 from mst5_dist.objectives import SetupContext
 from mst5_dist.training.flops import attention_ratio
+from mst5_dist.training.schedules import build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -157,17 +157,10 @@ def plan_steps(cfg: Config, sampler: GlobalBatchSampler, n_rows: int) -> tuple[l
 
 
 def build_optimizer(cfg: Config, encoder: SentenceEncoder, total_steps: int):
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
-
     o = cfg.optim
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    warmup = math.ceil(total_steps * o.warmup_ratio)
-    if o.scheduler == "linear":
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    else:
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-    return optimizer, scheduler
+    return optimizer, build_scheduler(cfg, optimizer, total_steps)
 
 
 def configure_deepspeed(accelerator, cfg: Config, local_batch: int, hidden: int) -> None:

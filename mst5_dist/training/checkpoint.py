@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from mst5_dist import distributed
-from mst5_dist.config import Config, save_config
+from mst5_dist.config import Config, config_keys, save_config
 from mst5_dist.errors import BadInput, ConfigError
 from mst5_dist.files import read_json, verify_manifest, write_json, write_manifest
 from mst5_dist.layout import (
@@ -47,17 +48,12 @@ class CheckpointError(BadInput):
     """A checkpoint that is incomplete, changed since it was written, or holds more than tensors."""
 
 
-# Settings that fix the data order and the trainable tensors: a resume that changes any of them
-# would not continue the run it names (another base, other rows, other batches, another LoRA shape).
-RESUME_KEYS = [
-    ("model", "name_or_path"), ("model", "max_seq_length"), ("model", "merge_adapters"), ("model", "pooling"),
-    ("model", "dtype"), ("model", "tokenizer_use_fast"),
-    ("lora", "preset"), ("lora", "r"), ("lora", "alpha"), ("lora", "target_modules"),
-    ("data", "format"), ("data", "paths"), ("data", "languages"), ("data", "split"), ("data", "cross_lingual"),
-    ("data", "max_rows"), ("data", "length_grouping"), ("data", "bucket_batches"), ("data", "skip_bad_rows"),
-    ("loss", "objective"), ("loss", "hard_negatives"),
-    ("train", "batch_size"), ("train", "seed"), ("train", "grad_accum_steps"),
-]  # fmt: skip
+# Settings that fix the data order and the trainable tensors (declared ``resume=True`` on the
+# config field): a resume that changes any of them would not continue the run it names (another
+# base, other rows, other batches, another LoRA shape, other CLA targets).
+RESUME_KEYS = [tuple(key.split(".")) for key in config_keys("resume")]
+# Resume settings that name local folders, compared by their absolute form.
+_PATH_KEYS = ("name_or_path", "merge_adapters", "paths", "pivot_model")
 # The only classes a DeepSpeed checkpoint's pickles hold besides tensors and plain containers
 # (seen in ZeRO-2 and ZeRO-3 optimizer files); loading allows these and nothing else.
 DEEPSPEED_SAFE_GLOBALS = (
@@ -82,7 +78,7 @@ def resume_fingerprint(cfg: Config) -> dict[str, Any]:
     out = {}
     for section, key in RESUME_KEYS:
         value = getattr(getattr(cfg, section), key)
-        out[f"{section}.{key}"] = _path_identity(value) if key in ("name_or_path", "merge_adapters", "paths") else value
+        out[f"{section}.{key}"] = _path_identity(value) if key in _PATH_KEYS else value
     return out
 
 
@@ -195,11 +191,27 @@ def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
     return candidates[index]
 
 
+def _unfingerprinted(path: Path, keys: set[str]) -> dict[str, Any]:
+    """The values of resume settings that ``path``'s fingerprint lacks (written before they entered
+    it): as the checkpoint's config.yaml records them, else (older still) their defaults."""
+    if not keys:
+        return {}
+    file = path / CHECKPOINT_CONFIG
+    recorded = (yaml.safe_load(file.read_text(encoding="utf-8")) if file.is_file() else None) or {}
+    out = {}
+    for key in keys:
+        section, name = key.split(".")
+        value = (recorded.get(section) or {}).get(name, getattr(getattr(Config(), section), name))
+        out[key] = _path_identity(value) if name in _PATH_KEYS else value
+    return out
+
+
 def check_resume(cfg: Config, path: Path, meta: dict[str, Any]) -> None:
     """Refuse a resume whose settings would not continue the checkpoint's run, naming every key."""
-    saved = meta.get("fingerprint") or {}
     now = resume_fingerprint(cfg)
-    changed = [f"{k} was {saved.get(k)!r}, now {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+    saved = meta.get("fingerprint") or {}
+    saved = {**saved, **_unfingerprinted(path, now.keys() - saved.keys())}
+    changed = [f"{k} was {saved[k]!r}, now {now[k]!r}" for k in now if saved[k] != now[k]]
     if changed:
         raise ConfigError(f"cannot resume from {path}: " + "; ".join(changed))
 

@@ -23,6 +23,7 @@ import torch
 
 from mst5_dist import distributed, objectives
 from mst5_dist.config import Config, flat_config, save_config, validate
+from mst5_dist.data import formats as data_formats
 from mst5_dist.errors import Interrupted
 from mst5_dist.layout import CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
 from mst5_dist.lora import count_parameters
@@ -31,6 +32,7 @@ from mst5_dist.training.checkpoint import TrainState
 from mst5_dist.training.evaluation import PeriodicEval
 from mst5_dist.training.flops import FlopModel
 from mst5_dist.training.output import OutputInUse, existing_run, output_lock, truncate_log
+from mst5_dist.training.schedules import SCHEDULES
 from mst5_dist.training.signals import STOP
 from mst5_dist.training.step import train_step
 
@@ -82,6 +84,8 @@ def setup(cfg: Config) -> Run:
 
     validate(cfg)  # a Config built in code has not been through load_config's checks
     objective = objectives.build(cfg)  # checks the objective's settings before anything loads
+    SCHEDULES.get(cfg.optim.scheduler)  # an unknown schedule or data format fails before anything loads too
+    data_formats.get(cfg.data.format)
     accelerator = builders.setup_accelerator(cfg)
     set_seed(cfg.train.seed)
     encoder = builders.build_encoder(cfg)
