@@ -286,6 +286,20 @@ def _write_adapter(tmp: Path, mapped: dict[str, torch.Tensor], lora_cfg: Any, ba
         raise InteropError(f"{tmp / SAFE_WEIGHTS}: read-back differs from the source tensors")
 
 
+def _import_report(src, src_dir: Path, weights_file: Path, cfg: dict, base_ref: str, match: dict) -> dict[str, Any]:
+    """What ``import_report.json`` records of the source (verification is added once done)."""
+    return {
+        "source": str(src),
+        "source_dir": str(src_dir),
+        "source_weights": weights_file.name,
+        "source_sha256": file_sha256(weights_file),
+        "source_config": cfg,
+        "base_model": base_ref,
+        **match,
+        "verified_in_model": False,
+    }
+
+
 def import_adapter(
     src: str | Path,
     base: str,
@@ -322,28 +336,12 @@ def import_adapter(
 
     base_ref = str(Path(base).resolve()) if Path(base).is_dir() else base
     lora_cfg.base_model_name_or_path = base_ref
-    meta = EncoderMeta(
-        base_model=base_ref,
-        model_type=config.model_type,
-        adapter=True,
-        pooling=pooling,
-        normalize=normalize,
-        max_seq_length=max_seq_length,
-        tokenizer_use_fast=tokenizer_use_fast,
-        embedding_dim=config.d_model,
-    )
+    settings = {"pooling": pooling, "normalize": normalize, "max_seq_length": max_seq_length}
+    meta = EncoderMeta(base_model=base_ref, model_type=config.model_type, adapter=True, **settings)
+    meta.tokenizer_use_fast, meta.embedding_dim = tokenizer_use_fast, config.d_model
     with atomic_dir(out) as tmp:
         _write_adapter(tmp, mapped, lora_cfg, base, meta)
-        report = {
-            "source": str(src),
-            "source_dir": str(src_dir),
-            "source_weights": weights_file.name,
-            "source_sha256": file_sha256(weights_file),
-            "source_config": cfg,
-            "base_model": base_ref,
-            **match,
-            "verified_in_model": False,
-        }
+        report = _import_report(src, src_dir, weights_file, cfg, base_ref, match)
         if verify:
             verify_import(tmp, mapped, dtype=verify_dtype)
             report["verified_in_model"] = True
