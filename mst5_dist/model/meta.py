@@ -104,7 +104,7 @@ class EncoderMeta:
                 raise ModelError(f"{source}: unknown key '{key}' (known: {', '.join(_TYPES)})")
             if value is not None and (not isinstance(value, _TYPES[key]) or _bool_as_int(key, value)):
                 raise ModelError(f"{source}: '{key}' is {value!r}, expected {_TYPES[key][0].__name__}")
-        version = data.get("format_version", 1)  # files written before the field existed are format 1
+        version = data.get("format_version") or 1  # files written before the field existed are format 1
         if version > FORMAT_VERSION:
             raise ModelError(
                 f"{source}: 'format_version' {version} is newer than this code reads ({FORMAT_VERSION}); "
