@@ -145,13 +145,18 @@ class ChunkedBatch:
             restore=None if self.restore is None else move(self.restore, device),
         )
 
-    def chunk_inputs(self, k: int) -> tuple:
-        """The model's positional arguments for chunk ``k``: (ids, mask) or, packed, (ids, segment
-        ids, positions, number of sequences)."""
+    def chunk_inputs(self, k: int) -> dict[str, torch.Tensor | int]:
+        """The model's keyword arguments for chunk ``k``: ids and mask or, packed, ids, segment
+        ids, positions and the number of sequences."""
         if self.position_ids is None:
-            return self.input_ids[k], self.attention_mask[k]
+            return {"input_ids": self.input_ids[k], "attention_mask": self.attention_mask[k]}
         s, e = self.bounds[k]
-        return self.input_ids[k], self.attention_mask[k], self.position_ids[k], e - s
+        return {
+            "input_ids": self.input_ids[k],
+            "segment_ids": self.attention_mask[k],
+            "position_ids": self.position_ids[k],
+            "n_sequences": e - s,
+        }
 
 
 def move(value, device):
@@ -387,7 +392,7 @@ def encode(model, chunked: ChunkedBatch, checkpointed: bool = False) -> torch.Te
     checkpointing with ``checkpointed``: GradCache), concatenated, then restored to input order."""
     pieces = []
     for k in range(len(chunked.input_ids)):
-        args = chunked.chunk_inputs(k)
-        pieces.append(checkpoint(model, *args, use_reentrant=False) if checkpointed else model(*args))
+        kwargs = chunked.chunk_inputs(k)
+        pieces.append(checkpoint(model, use_reentrant=False, **kwargs) if checkpointed else model(**kwargs))
     emb = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
     return emb if chunked.restore is None else emb[chunked.restore]

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,13 +122,22 @@ def _file_digest(path: Path) -> str:
     return memo[key]
 
 
-def folder_fingerprint(path: str | Path) -> str:
-    """sha256 over (relative name, content digest) of every file in a model folder.
+def fingerprint(*sources: str | Path | Sequence[Path]) -> str:
+    """The one content fingerprint of a model: every embedding cache key and export record uses it.
 
-    Paths and mtimes are left out on purpose: a copied or moved model keeps its fingerprint, so its
-    cached embeddings stay valid. A hub name (no local folder) is fingerprinted by the name only.
+    A source is a model folder: sha256 over (relative name, content digest) of its files, paths and
+    mtimes left out on purpose (a copied or moved model keeps its fingerprint, so its cached
+    embeddings stay valid); a hub name (no local folder): the name only; or a list of files: their
+    bytes in order (an ONNX graph and its external data: content only, so a copy under another name,
+    e.g. Triton's ``1/model.onnx``, has the same fingerprint). Several sources (an adapter, its base
+    and the adapters merged under it; a modular model's modules): sha256 of theirs, one a line.
     """
-    path = Path(path)
+    if len(sources) != 1:
+        return hashlib.sha256("\n".join(fingerprint(s) for s in sources).encode()).hexdigest()
+    source = sources[0]
+    if isinstance(source, (list, tuple)):
+        return _bytes_digest(source)
+    path = Path(source)
     if not path.is_dir():
         return "name:" + hashlib.sha256(str(path).encode()).hexdigest()
     h = hashlib.sha256()
@@ -140,14 +149,18 @@ def folder_fingerprint(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def files_fingerprint(files: list[Path]) -> str:
-    """sha256 over the bytes of ``files`` in order (an ONNX graph and its external data)."""
+def _bytes_digest(files: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
         with Path(f).open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+# The names callers used before there was one function.
+folder_fingerprint = fingerprint
+files_fingerprint = fingerprint
 
 
 def write_manifest(folder: Path, name: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.logs",
             "mst5_dist.commands",
             "mst5_dist.modelcard",
+            "mst5_dist.model.meta",  # sentence_encoder.json: read by the model card, torch-free
             "mst5_dist.versions",
         ],
     ),

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from mst5_dist.files import read_json_or_none
-from mst5_dist.layout import META_FILE, TRAINING_CONFIG
+from mst5_dist.layout import TRAINING_CONFIG
+from mst5_dist.model.meta import EncoderMeta
 
 ADAPTER_CONFIG = "adapter_config.json"
 IMPORT_REPORT = "import_report.json"
@@ -35,7 +36,7 @@ def _results_section(results: dict[str, Any]) -> str:
 
 def _facts(d: Path, base_model: str | None, results: str | Path | None) -> dict[str, Any]:
     """Everything the card says, read from the folder once."""
-    meta = read_json_or_none(d / META_FILE) or {}
+    meta = EncoderMeta.read_or_none(d) or EncoderMeta()
     train_cfg: dict[str, Any] = {}
     if (d / TRAINING_CONFIG).is_file():
         import yaml
@@ -47,11 +48,11 @@ def _facts(d: Path, base_model: str | None, results: str | Path | None) -> dict[
         "report": read_json_or_none(d / IMPORT_REPORT),
         "train_cfg": train_cfg,
         "results": read_json_or_none(Path(results)) if results else read_json_or_none(d / "results.json"),
-        "base": base_model or meta.get("base_model") or (train_cfg.get("model") or {}).get("name_or_path") or "unknown",
-        "pooling": meta.get("pooling", "mean"),
-        "normalize": bool(meta.get("normalize", True)),
-        "use_fast": bool(meta.get("tokenizer_use_fast", True)),
-        "max_len": meta.get("max_seq_length", 128),
+        "base": base_model or meta.base_model or (train_cfg.get("model") or {}).get("name_or_path") or "unknown",
+        "pooling": meta.pooling or "mean",
+        "normalize": meta.normalize is not False,
+        "use_fast": meta.tokenizer_use_fast is not False,
+        "max_len": meta.max_seq_length or 128,
     }
 
 
@@ -63,7 +64,7 @@ def _header(f: dict[str, Any], title: str, licence: str | None, source: str | No
     lines.append(
         f"Sentence encoder: the encoder of `{f['base']}`, {f['pooling']}-pooled"
         + (" and L2-normalised" if f["normalize"] else " (not normalised; compare with cosine similarity)")
-        + f", embedding size {f['meta'].get('embedding_dim', '?')}, inputs truncated to {f['max_len']} tokens."
+        + f", embedding size {f['meta'].embedding_dim or '?'}, inputs truncated to {f['max_len']} tokens."
     )
     if source:
         lines.append(f"Imported from `{source}` with `mst5 import-adapter`.")

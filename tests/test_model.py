@@ -1,9 +1,15 @@
+import json
+import random
+import re
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
 from mst5_dist.config import LoraConfig
 from mst5_dist.lora import apply_lora, count_parameters
-from mst5_dist.model import ModelError, SentenceEncoder, mean_pool
+from mst5_dist.model import EncoderMeta, ModelError, SentenceEncoder, encode_batched, mean_pool, plan_batches
 
 MULTILINGUAL = [
     "The weather is nice today.",
@@ -125,3 +131,139 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_base):
     assert all(g.abs().sum() > 0 for g in grads[1].values())
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ sentence_encoder.json (EncoderMeta)
+# As the code writes them today: a LoRA run on a merged stack, and a merged export.
+ADAPTER_META = {
+    "format_version": 1,
+    "base_model": "/models/mt5-base",
+    "model_type": "mt5",
+    "adapter": True,
+    "pooling": "mean",
+    "normalize": True,
+    "max_seq_length": 128,
+    "tokenizer_use_fast": True,
+    "embedding_dim": 768,
+    "merged_adapters": [{"absolute": "/runs/L/final", "path": "../../L/final", "sha256": "ab" * 32}],
+}
+MERGED_META = {
+    **{k: v for k, v in ADAPTER_META.items() if k != "merged_adapters"},
+    "adapter": False,
+    "merged_into_weights": [{"absolute": "/runs/L/final", "sha256": "ab" * 32}],
+    "merged_from": "/runs/C/final",
+}
+
+
+def _write_meta(folder, data) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentence_encoder.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("data", [ADAPTER_META, MERGED_META])
+def test_encoder_meta_round_trips_the_files_written_today(tmp_path, data):
+    _write_meta(tmp_path / "a", data)
+    meta = EncoderMeta.read(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    meta.write(tmp_path / "b")
+    again = json.loads((tmp_path / "b" / "sentence_encoder.json").read_text())
+    assert again == data and list(again) == list(data)  # same keys, same order
+    assert EncoderMeta.read(tmp_path / "b") == meta
+    # negative control: a changed field is seen by the comparison
+    assert replace(meta, pooling="cls").to_dict() != data
+
+
+def test_encoder_meta_of_a_saved_model_is_what_from_pretrained_reads(tiny_base, tmp_path):
+    enc = SentenceEncoder.from_pretrained(tiny_base, pooling="cls", normalize=False, max_seq_length=32)
+    enc.save_pretrained(tmp_path / "m")
+    meta = EncoderMeta.read(tmp_path / "m")
+    assert (meta.pooling, meta.normalize, meta.max_seq_length, meta.adapter) == ("cls", False, 32, False)
+    again = SentenceEncoder.from_pretrained(tmp_path / "m")
+    assert (again.pooling, again.normalize, again.max_seq_length) == ("cls", False, 32)
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        ({}, None),  # negative control: the file as written today loads
+        ({"pooling_mode": "mean"}, "unknown key 'pooling_mode'"),
+        ({"format_version": 1}, None),  # negative control: the current version loads
+        ({"format_version": 2}, "'format_version' 2 is newer"),
+        ({"max_seq_length": "128"}, "'max_seq_length' is '128', expected int"),
+        ({"embedding_dim": True}, "'embedding_dim' is True, expected int"),
+    ],
+)
+def test_encoder_meta_refuses_unknown_keys_newer_versions_and_wrong_types(tmp_path, edit, error):
+    _write_meta(tmp_path, {**ADAPTER_META, **edit})
+    if error is None:
+        assert EncoderMeta.read(tmp_path).to_dict() == {**ADAPTER_META, **edit}
+        return
+    with pytest.raises(ModelError, match=re.escape(error)) as info:
+        EncoderMeta.read(tmp_path)
+    assert str(tmp_path / "sentence_encoder.json") in str(info.value)  # names the file
+
+
+def test_encoder_meta_reads_a_hand_written_format_1_file(tmp_path):
+    # No format_version and no model_type (what the model card test writes): format 1, fields unset.
+    _write_meta(tmp_path, {"base_model": "google/mt5-base", "adapter": True, "pooling": "mean"})
+    meta = EncoderMeta.read(tmp_path)
+    assert (meta.format_version, meta.model_type, meta.normalize) == (1, None, None)
+
+
+# ------------------------------------------------------------------ the one inference batcher
+class CharTokenizer:
+    """One token per character (its code point); enough for the batcher, which never looks inside."""
+
+    pad_token_id = 0
+    padding_side = "right"
+
+    def __call__(self, texts, truncation=True, max_length=None):
+        return {"input_ids": [[ord(c) for c in t][:max_length] for t in texts]}
+
+
+def _budget_problems(batches, lengths, batch_size, budget) -> list[str]:
+    out = [f"batch {k}: {len(b)} rows" for k, b in enumerate(batches) if len(b) > batch_size]
+    out += [
+        f"batch {k}: {len(b)} x {max(lengths[i] for i in b)} tokens"
+        for k, b in enumerate(batches)
+        if len(b) * max(lengths[i] for i in b) > budget
+    ]
+    return out
+
+
+def test_batches_keep_the_token_budget_and_cover_every_row_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 40) for _ in range(200)]
+    batches = plan_batches(lengths, batch_size=16, max_tokens=160)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    assert _budget_problems(batches, lengths, 16, 160) == []
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)  # token-length order, longest first
+    # negative control: the check bites on batches cut by row count alone
+    assert _budget_problems(plan_batches(lengths, batch_size=16), lengths, 16, 160) != []
+
+
+def test_batcher_returns_rows_in_input_order():
+    texts = ["a", "ccc", "bb", "dddd", "e", "ff"]
+    seen: list[list[int]] = []
+
+    def embed(ids, mask):
+        seen.extend(ids[:, 0].tolist())
+        return np.stack([ids[:, 0], mask.sum(axis=1)], axis=1)
+
+    out, stats = encode_batched(CharTokenizer(), texts, embed, dim=2, max_length=8, batch_size=2)
+    assert out[:, 0].tolist() == [ord(t[0]) for t in texts] and out[:, 1].tolist() == [len(t) for t in texts]
+    assert stats == {"real_tokens": 13, "padded_tokens": 2 * 4 + 2 * 2 + 2 * 1}  # (dddd ccc) (bb ff) (a e)
+    # negative control: the rows were embedded in another order, so a batcher that did not
+    # restore the input order would fail the first assertion
+    assert seen != [ord(t[0]) for t in texts]
+
+
+def test_batched_encoding_equals_one_at_a_time(tiny_base):
+    enc = SentenceEncoder.from_pretrained(tiny_base).eval()
+    texts = MULTILINGUAL * 2
+    alone = torch.stack([enc.encode([t])[0] for t in texts])
+    batched = enc.encode(texts, batch_size=4, max_tokens=40)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+    # negative control: rows of different texts differ, so a misplaced row would be caught
+    assert not torch.allclose(batched, batched.roll(1, dims=0), atol=1e-3)

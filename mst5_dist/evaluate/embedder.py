@@ -1,7 +1,7 @@
 """One ``Embedder`` protocol for every evaluation task, whatever form the model takes.
 
 - ``TorchEmbedder``: a ``SentenceEncoder`` (checkpoint, LoRA training output, sentence-transformers
-  folder), texts sorted by token length so each batch pads to a similar length, tqdm progress bar.
+  folder), batched by ``mst5_dist.model.batching`` (token-length order), tqdm progress bar.
 - ``mst5_dist.evaluate.loader.load_embedder(path)`` picks the right one for a folder (ONNX export,
   modular model, PyTorch checkpoint or training output).
 - ``EmbeddingCache`` / ``CachedEmbedder``: ``.npy`` files keyed by the model fingerprint and a hash of
@@ -19,8 +19,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mst5_dist.files import atomic_write_bytes, folder_fingerprint
-from mst5_dist.layout import META_FILE, resolve_model_dir
+from mst5_dist.files import atomic_write_bytes, fingerprint
+from mst5_dist.layout import resolve_model_dir
+from mst5_dist.model.batching import encode_batched
+from mst5_dist.model.meta import EncoderMeta
 
 __all__ = ["CachedEmbedder", "Embedder", "EmbeddingCache", "TorchEmbedder", "encode_routed", "unit_rows"]
 
@@ -32,14 +34,6 @@ class Embedder(Protocol):
     fingerprint: str
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
-
-
-def _padding_stats(lengths: list[int], batch_size: int) -> tuple[int, int]:
-    real = sum(lengths)
-    padded = sum(
-        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)
-    )
-    return real, padded
 
 
 class TorchEmbedder:
@@ -73,49 +67,36 @@ class TorchEmbedder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> TorchEmbedder:
-        from mst5_dist.model import SentenceEncoder
+        from mst5_dist.model.encoder import SentenceEncoder
 
         path = resolve_model_dir(path)
         encoder = SentenceEncoder.from_pretrained(path)
-        parts = [folder_fingerprint(path)]
-        meta_file = path / META_FILE
-        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        meta = EncoderMeta.read_or_none(path)
+        parts: list[str | Path] = [path]
         # A LoRA adapter folder names its base, and may sit on merged adapters: their bytes are part
         # of the model too (retraining a language module must not reuse its CLA adapter's vectors).
-        if meta.get("adapter") and meta.get("base_model"):
-            parts.append(folder_fingerprint(meta["base_model"]))
-        parts += [folder_fingerprint(p) for p in encoder.merged_adapters if meta.get("adapter")]
-        fingerprint = parts[0] if len(parts) == 1 else hashlib.sha256("\n".join(parts).encode()).hexdigest()
-        return cls(encoder, fingerprint, **kwargs)
+        if meta is not None and meta.adapter and meta.base_model:
+            parts += [meta.base_model, *encoder.merged_adapters]
+        return cls(encoder, fingerprint(*parts), **kwargs)
 
-    def token_lengths(self, texts: list[str]) -> list[int]:
-        enc = self.encoder.tokenizer(list(texts), truncation=True, max_length=self.encoder.max_seq_length)
-        return [len(ids) for ids in enc["input_ids"]]
-
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, max_tokens: int | None = None) -> np.ndarray:
         import torch
         from tqdm.auto import tqdm
 
         texts = list(texts)
-        dim = self.encoder.embedding_dim
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        if not texts:
-            return out
-        lengths = self.token_lengths(texts)
-        order = list(range(len(texts)))
-        if self.sort_by_length:
-            # Longest first: the first batch shows at once whether the largest one fits in memory.
-            order.sort(key=lambda i: lengths[i], reverse=True)
-        real, padded = _padding_stats([lengths[i] for i in order], batch_size)
-        self.last_stats = {"real_tokens": real, "padded_tokens": padded}
         bar = tqdm(total=len(texts), desc="embedding", unit="sent", disable=not self.progress, leave=False)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self.encoder.tokenize([texts[i] for i in idx])
-                emb = self.encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-                out[idx] = emb.float().cpu().numpy()
-                bar.update(len(idx))
+            out, self.last_stats = encode_batched(
+                self.encoder.tokenizer,
+                texts,
+                self.encoder.embed_padded,
+                dim=self.encoder.embedding_dim,
+                max_length=self.encoder.max_seq_length,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+                sort=self.sort_by_length,
+                on_batch=bar.update,
+            )
         bar.close()
         return out
 

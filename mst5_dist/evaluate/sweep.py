@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from mst5_dist.config import Config, ConfigError, load_config
-from mst5_dist.errors import BadInput, run_command
+from mst5_dist.errors import BadInput, ModelError, run_command
 from mst5_dist.families import MT5_SIZES, MT5_VOCAB
 from mst5_dist.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mst5_dist.model.meta import EncoderMeta
 
 TRAIN_LOG_METRICS = ("eval_sts_spearman",)
 X_CHOICES = ("auto", "lr", "model_size")
@@ -96,11 +97,13 @@ def _read_json(path: Path, run: Path) -> Any:
 
 
 def base_model_of(run: Path, cfg: Config) -> str:
-    for meta_file in (run / "final" / "sentence_encoder.json", run / "sentence_encoder.json"):
-        if meta_file.is_file():
-            base = _read_json(meta_file, run).get("base_model")
-            if base:
-                return str(base)
+    for folder in (run / "final", run):
+        try:
+            meta = EncoderMeta.read_or_none(folder)
+        except ModelError as e:
+            raise SweepError(f"{run}: {e}") from None
+        if meta is not None and meta.base_model:
+            return meta.base_model
     return cfg.model.name_or_path
 
 
@@ -108,7 +111,7 @@ def _count_encoder(config: Any) -> int:
     """Parameters of the encoder stack ``load_backbone`` would build, instantiated on the meta device."""
     import torch
 
-    from mst5_dist.model import encoder_class
+    from mst5_dist.model.backbone import encoder_class
 
     cls = encoder_class(config.model_type)
     with torch.device("meta"):

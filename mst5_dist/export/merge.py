@@ -132,8 +132,8 @@ def save_merged(encoder: SentenceEncoder, out: Path, *, source: Path) -> None:
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n", encoding="utf-8")
     _patch_json(out / "sentence_bert_config.json", max_seq_length=encoder.max_seq_length, do_lower_case=False)
     meta = encoder.meta()
-    meta.update({"adapter": False, "merged_from": str(source)})
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    meta.adapter, meta.merged_from = False, str(source)
+    meta.write(out)
     # What exported it, and (when the source recorded it) what trained it.
     versions = {"exported_with": package_versions(), "trained_with": read_json_or_none(source / VERSIONS_FILE)}
     write_json(out / VERSIONS_FILE, versions)

@@ -9,10 +9,12 @@ import numpy as np
 
 from mst5_dist.errors import BadInput, ModelError
 from mst5_dist.export.onnx_graph import model_files
-from mst5_dist.files import files_fingerprint
+from mst5_dist.files import fingerprint
 from mst5_dist.layout import EXPORT_REPORT
+from mst5_dist.model.batching import encode_batched
 
 REPORT_FILE = EXPORT_REPORT
+__all__ = ["REPORT_FILE", "OnnxEmbedder", "ProviderUnavailable", "fingerprint"]
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -22,12 +24,6 @@ PROVIDERS = {
 
 class ProviderUnavailable(BadInput):
     """The requested execution provider is not in this onnxruntime build."""
-
-
-def fingerprint(files: list[Path]) -> str:
-    """sha256 over the bytes of the graph and its external data, streamed (content only, so a copy
-    under another name, e.g. Triton's ``1/model.onnx``, has the same fingerprint)."""
-    return files_fingerprint(files)
 
 
 def _max_seq_length(export_dir: Path, report: dict) -> int:
@@ -101,30 +97,20 @@ class OnnxEmbedder:
         self.max_seq_length = _max_seq_length(self.export_dir, report)
         self.dim = int(report["embedding_dim"])
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        # Length-sorted batches (same order rule as SentenceEncoder.encode): less padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="np",
-            )
-            (emb,) = self.session.run(
-                ["sentence_embedding"],
-                {
-                    "input_ids": enc["input_ids"].astype(np.int64),
-                    "attention_mask": enc["attention_mask"].astype(np.int64),
-                },
-            )
-            out[idx] = emb.astype(np.float32)
+    def encode(self, texts: list[str], batch_size: int = 64, max_tokens: int | None = None) -> np.ndarray:
+        out, _ = encode_batched(
+            self.tokenizer,
+            texts,
+            self._run,
+            dim=self.dim,
+            max_length=self.max_seq_length,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+        )
         # Already unit length in the graph; re-normalising makes fp16/int8 rows exactly unit too.
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        (emb,) = self.session.run(["sentence_embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return emb

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mst5_dist.layout import EXPORT_REPORT
+from mst5_dist.layout import EXPORT_REPORT, META_FILE
+from mst5_dist.model.meta import EncoderMeta
 
 TOKENIZER_JSON = "tokenizer.json"
 # The external-data file name TEI fetches beside onnx/model.onnx for a graph over 2 GB
@@ -80,11 +81,12 @@ def max_lengths(export_dir: Path) -> dict[str, int | None]:
             value = value.get(key) if isinstance(value, dict) else None
         return value
 
+    meta = EncoderMeta.read_or_none(export_dir)
     return {
         "sentence_bert_config.json:max_seq_length": field("sentence_bert_config.json", "max_seq_length"),
         "tokenizer_config.json:model_max_length": field("tokenizer_config.json", "model_max_length"),
         "tokenizer.json:truncation.max_length": field(TOKENIZER_JSON, "truncation", "max_length"),
-        "sentence_encoder.json:max_seq_length": field("sentence_encoder.json", "max_seq_length"),
+        f"{META_FILE}:max_seq_length": meta.max_seq_length if meta else None,
         f"{EXPORT_REPORT}:max_seq_length": field(EXPORT_REPORT, "max_seq_length"),
     }
 

@@ -35,8 +35,8 @@ import torch
 from mst5_dist.errors import ModelError
 from mst5_dist.families import T5_FAMILY
 from mst5_dist.files import atomic_dir, file_sha256, write_json
-from mst5_dist.layout import META_FILE
-from mst5_dist.model import encoder_class
+from mst5_dist.model.backbone import encoder_class
+from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modelcard import ADAPTER_CONFIG, IMPORT_REPORT, write_model_card
 
 SAFE_WEIGHTS = "adapter_model.safetensors"
@@ -270,7 +270,7 @@ def _peft_config(cfg: dict[str, Any], base: str):
     )
 
 
-def _write_adapter(tmp: Path, mapped: dict[str, torch.Tensor], lora_cfg: Any, base: str, meta: dict[str, Any]) -> None:
+def _write_adapter(tmp: Path, mapped: dict[str, torch.Tensor], lora_cfg: Any, base: str, meta: EncoderMeta) -> None:
     """Adapter tensors (read back and compared), adapter config, tokenizer, sentence_encoder.json."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
@@ -279,11 +279,25 @@ def _write_adapter(tmp: Path, mapped: dict[str, torch.Tensor], lora_cfg: Any, ba
     file_tensors = {PEFT_PREFIX + m: t.detach().contiguous() for m, t in sorted(mapped.items())}
     save_file(file_tensors, str(tmp / SAFE_WEIGHTS), metadata={"format": "pt"})
     lora_cfg.save_pretrained(str(tmp))
-    AutoTokenizer.from_pretrained(base, use_fast=meta["tokenizer_use_fast"]).save_pretrained(str(tmp))
-    write_json(tmp / META_FILE, meta)
+    AutoTokenizer.from_pretrained(base, use_fast=meta.tokenizer_use_fast).save_pretrained(str(tmp))
+    meta.write(tmp)
     written = load_file(str(tmp / SAFE_WEIGHTS))
     if set(written) != set(file_tensors) or any(not torch.equal(written[k], v) for k, v in file_tensors.items()):
         raise InteropError(f"{tmp / SAFE_WEIGHTS}: read-back differs from the source tensors")
+
+
+def _import_report(src, src_dir: Path, weights_file: Path, cfg: dict, base_ref: str, match: dict) -> dict[str, Any]:
+    """What ``import_report.json`` records of the source (verification is added once done)."""
+    return {
+        "source": str(src),
+        "source_dir": str(src_dir),
+        "source_weights": weights_file.name,
+        "source_sha256": file_sha256(weights_file),
+        "source_config": cfg,
+        "base_model": base_ref,
+        **match,
+        "verified_in_model": False,
+    }
 
 
 def import_adapter(
@@ -322,29 +336,12 @@ def import_adapter(
 
     base_ref = str(Path(base).resolve()) if Path(base).is_dir() else base
     lora_cfg.base_model_name_or_path = base_ref
-    meta = {
-        "format_version": 1,
-        "base_model": base_ref,
-        "model_type": config.model_type,
-        "adapter": True,
-        "pooling": pooling,
-        "normalize": normalize,
-        "max_seq_length": max_seq_length,
-        "tokenizer_use_fast": tokenizer_use_fast,
-        "embedding_dim": config.d_model,
-    }
+    settings = {"pooling": pooling, "normalize": normalize, "max_seq_length": max_seq_length}
+    meta = EncoderMeta(base_model=base_ref, model_type=config.model_type, adapter=True, **settings)
+    meta.tokenizer_use_fast, meta.embedding_dim = tokenizer_use_fast, config.d_model
     with atomic_dir(out) as tmp:
         _write_adapter(tmp, mapped, lora_cfg, base, meta)
-        report = {
-            "source": str(src),
-            "source_dir": str(src_dir),
-            "source_weights": weights_file.name,
-            "source_sha256": file_sha256(weights_file),
-            "source_config": cfg,
-            "base_model": base_ref,
-            **match,
-            "verified_in_model": False,
-        }
+        report = _import_report(src, src_dir, weights_file, cfg, base_ref, match)
         if verify:
             verify_import(tmp, mapped, dtype=verify_dtype)
             report["verified_in_model"] = True
@@ -363,7 +360,7 @@ def import_adapter(
 
 def verify_import(path: Path, mapped: dict[str, torch.Tensor], *, dtype: str = "fp32") -> None:
     """Load ``path`` as users will and check each LoRA tensor inside the live peft model."""
-    from mst5_dist.model import SentenceEncoder
+    from mst5_dist.model.encoder import SentenceEncoder
 
     encoder = SentenceEncoder.from_pretrained(path, dtype=dtype)
     live = {module_key(k): v for k, v in encoder.backbone.state_dict().items() if ".lora_A." in k or ".lora_B." in k}

@@ -9,16 +9,16 @@ language's monolingual embeddings.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mst5_dist.errors import ModelError
-from mst5_dist.files import folder_fingerprint, read_json
+from mst5_dist.files import fingerprint
 from mst5_dist.layout import META_FILE
 from mst5_dist.model import SentenceEncoder, load_backbone, resolve_stack, same_model
+from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modular.manifest import MANIFEST, read_manifest
 
 
@@ -63,21 +63,22 @@ class ModularEncoder:
         pivot, langs = manifest["pivot_language"], manifest["languages"]
         if pivot not in langs:
             raise ModelError(f"{path / MANIFEST}: the pivot language '{pivot}' has no module")
-        metas = {}
+        metas: dict[tuple[str, str], tuple[Path, EncoderMeta]] = {}
         for lang, entry in langs.items():
             for stage, rel in entry.items():
-                meta_file = path / rel / META_FILE
-                if not meta_file.is_file():
-                    raise ModelError(f"{path / MANIFEST}: {lang} {stage} module {meta_file} is missing")
-                metas[(lang, stage)] = (path / rel, read_json(meta_file))
+                if not EncoderMeta.exists(path / rel):
+                    raise ModelError(f"{path / MANIFEST}: {lang} {stage} module {path / rel / META_FILE} is missing")
+                metas[(lang, stage)] = (path / rel, EncoderMeta.read(path / rel))
         first_dir, first = metas[(pivot, "language")]
-        base = first["base_model"]
+        base = first.base_model
         for (lang, stage), (folder, meta) in metas.items():
-            if not same_model(str(meta["base_model"]), str(base)):
-                raise ModelError(f"{folder}: base {meta['base_model']!r} differs from the pivot module's {base!r}")
+            if not same_model(str(meta.base_model), str(base)):
+                raise ModelError(f"{folder}: base {meta.base_model!r} differs from the pivot module's {base!r}")
             for key in ("pooling", "normalize", "max_seq_length"):
-                if meta[key] != first[key]:
-                    raise ModelError(f"{folder}: {key}={meta[key]!r} differs from the pivot module's {first[key]!r}")
+                if getattr(meta, key) != getattr(first, key):
+                    raise ModelError(
+                        f"{folder}: {key}={getattr(meta, key)!r} differs from the pivot module's {getattr(first, key)!r}"
+                    )
             if stage == "cla":
                 # The CLA adapter was trained on top of exactly this language module.
                 under = resolve_stack(meta, folder)
@@ -92,15 +93,16 @@ class ModularEncoder:
             else:
                 backbone.load_adapter(str(folder), adapter_name=name)
             modules.setdefault(lang, []).append(name)
-        tokenizer = AutoTokenizer.from_pretrained(str(first_dir), use_fast=first.get("tokenizer_use_fast", True))
+        use_fast = first.tokenizer_use_fast is not False
+        tokenizer = AutoTokenizer.from_pretrained(str(first_dir), use_fast=use_fast)
         encoder = SentenceEncoder(
             backbone,
             tokenizer,
-            pooling=first["pooling"],
-            normalize=first["normalize"],
-            max_seq_length=first["max_seq_length"],
+            pooling=first.pooling,
+            normalize=first.normalize,
+            max_seq_length=first.max_seq_length,
             base_model=base,
-            tokenizer_use_fast=first.get("tokenizer_use_fast", True),
+            tokenizer_use_fast=use_fast,
         ).eval()
         if device:
             encoder.to(device)
@@ -145,10 +147,12 @@ class ModularEmbedder:
         self.routing = routing
         # The modules' own folders and the base, not the whole run folder (checkpoints, logs and
         # results.json files there must not change the cache key).
-        parts = [f"base={folder_fingerprint(self.model.encoder.base_model)}"]
-        for lang, entry in sorted(self.model.manifest["languages"].items()):
-            parts += [f"{stage}:{lang}={folder_fingerprint(Path(path) / rel)}" for stage, rel in sorted(entry.items())]
-        self.fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        modules = [
+            Path(path) / rel
+            for _, entry in sorted(self.model.manifest["languages"].items())
+            for _, rel in sorted(entry.items())
+        ]
+        self.fingerprint = fingerprint(self.model.encoder.base_model, *modules)
 
     def encode(
         self, texts: list[str], batch_size: int = 64, *, lang: str | None = None, cross_lingual: bool = False
