@@ -75,16 +75,37 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mst5_dist import distributed
-
 AUTO_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 8192}
 """``loss.chunk_overhead_tokens=auto`` by device type (other devices: the CUDA figure)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the encoder runs for a batch, counted on the host from the chunks' shapes (no device
+    sync); summed over micro-batches, steps and ranks for ``train_log.jsonl`` (whole numbers, held
+    as floats once reduced)."""
+
+    real_tokens: float = 0
+    """Tokens of the sequences themselves."""
+    padded_tokens: float = 0
+    """Tokens the encoder runs: rows x width, summed over the chunks."""
+    sentences: float = 0
+    """Sequences encoded."""
+    chunks: float = 0
+    """Encoder calls."""
+    real_attended: float = 0
+    """Sum over the sequences of length^2: the keys their tokens attend over."""
+    padded_attended: float = 0
+    """Sum over the chunks of rows x width^2: the keys the encoder's tokens attend over."""
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass
@@ -124,17 +145,16 @@ class ChunkedBatch:
         """Tokens the encoder actually runs: rows x width, summed over the chunks."""
         return sum(int(ids.numel()) for ids in self.input_ids)
 
-    def counts(self) -> dict[str, int]:
-        """The batch fields the step's metrics read."""
-        return {
-            "real_tokens": self.real_tokens,
-            "padded_tokens": self.padded_tokens,
-            "sentences": len(self.lengths),
-            "chunks": len(self.input_ids),
-            # What each token attends over (sum of s^2): the attention term of training.flops
-            "real_attended": sum(n * n for n in self.lengths),
-            "padded_attended": sum(int(ids.shape[0]) * int(ids.shape[1]) ** 2 for ids in self.input_ids),
-        }
+    def counts(self) -> Counts:
+        """What the encoder runs for this batch (the step's metrics sum it)."""
+        return Counts(
+            real_tokens=self.real_tokens,
+            padded_tokens=self.padded_tokens,
+            sentences=len(self.lengths),
+            chunks=len(self.input_ids),
+            real_attended=sum(n * n for n in self.lengths),
+            padded_attended=sum(int(ids.shape[0]) * int(ids.shape[1]) ** 2 for ids in self.input_ids),
+        )
 
     def to(self, device) -> ChunkedBatch:
         return replace(
@@ -368,18 +388,6 @@ def split_to(chunked: ChunkedBatch, count: int) -> ChunkedBatch:
         masks[k : k + 1] = [masks[k][: m - s], masks[k][m - s :, :width]]
         bounds[k : k + 1] = [(s, m), (m, e)]
     return replace(chunked, input_ids=ids, attention_mask=masks, bounds=bounds)
-
-
-def agree_across_ranks(batch: dict, device) -> None:
-    """Give every rank the largest chunk count of any rank (in place, counts updated): DDP and
-    ZeRO-3 run collectives in each forward, so the ranks must run the same number of them."""
-    chunked: ChunkedBatch = batch["encode"]
-    if chunked.fixed_count or not distributed.is_distributed():
-        return
-    count = distributed.max_over_ranks(len(chunked.input_ids), device)
-    if count > len(chunked.input_ids):
-        batch["encode"] = split_to(chunked, count)
-        batch.update(batch["encode"].counts())
 
 
 def encode(model, chunked: ChunkedBatch, checkpointed: bool = False) -> torch.Tensor:

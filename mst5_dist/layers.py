@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.distributed",
             "mst5_dist.data",
             "mst5_dist.encoding",
+            "mst5_dist.batch",
             "mst5_dist.collate",
             "mst5_dist.objectives",
             "mst5_dist.tiny_default",
