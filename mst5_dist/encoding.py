@@ -1,74 +1,9 @@
-"""Length-aware encoding of a step's sequences, and GradCache, in ONE backward per step.
-
-Length-aware chunks
--------------------
-The collator tokenises the texts of this rank's micro-batch (anchors, positives, hard negatives:
-every text the objective asks for) WITHOUT padding them to one width. ``Chunker`` sorts them by
-length (longest first, stable) and cuts the sorted list into chunks, each padded only to its own
-longest sequence (on the right, masked: padding does not change an embedding), so the encoder sees
-few padded tokens. The cut minimises the total cost of the chunks (exact dynamic programme over the
-sorted lengths; optimal chunks of a sorted list are contiguous runs of it)::
-
-    cost(chunk) = rows x width + overhead          subject to rows x width <= loss.chunk_tokens
-
-``overhead`` (``loss.chunk_overhead_tokens``) is what one more chunk costs in tokens of work: kernel
-launches and per-call Python on a GPU (``auto``: 8192), a few small tensors' worth on a CPU (``auto``:
-32; measured by ``benchmarks/chunk_overhead.py``). It keeps the programme from cutting chunks whose
-launch costs more than the padding it saves. ``loss.chunk_tokens=null`` is the reference path: one
-chunk of the whole batch at one width, in input order (what the trainer did before).
-
-Every chunk goes through the encoder with a graph; the chunk embeddings are concatenated, put back in
-input order (an autograd-tracked gather) and handed to the loss, and the step still has ONE
-``backward``: autograd accumulates each parameter's gradient over the chunks before its accumulation
-hook fires, so the DDP reducer and ZeRO-2/3 see one gradient per parameter per step. DDP (buffer
-broadcasts) and ZeRO-3 (parameter all-gathers) run collectives in every forward, so every rank must
-encode the same NUMBER of chunks: ``agree_across_ranks`` takes the largest count over the ranks and
-splits the others' largest chunks until they have as many (splitting never adds padding).
-
-Packed rows (``loss.pack_sequences``, the default where the model allows it)
----------------------------------------------------------------------------
-Padded chunks trade padding against encoder calls, and on a CPU each call costs far more than
-``chunk_overhead_tokens`` suggests once backward is counted (MiniLM on SNLI: 4.8 chunks a step at
-7.7% padding trained only ~1.1x faster than one width at 41.6%). Packing removes the trade: the
-sequences are packed into rows (best-fit decreasing), each row ``width`` tokens, and every token
-attends only to the tokens of its own sequence (segment ids -> a block-diagonal 4-D mask built by
-``SentenceEncoder``); positions restart at each sequence (BERT and XLM-R position ids; T5's
-relative bias depends on distances only), so each sequence's hidden states are those of an
-unpadded encoding, and the embedding is a mean over its segment. One chunk per ``chunk_tokens``
-tokens, in whole rows. ``width`` is the longest sequence times the factor of least work
-``rows x width x (1 + ratio x width)``, ``ratio`` = attention over linear FLOPs per token and key
-(``training.flops.attention_ratio``): wider rows pack tighter but attend over more keys. Not for
-GradCache chunks (their row cap counts sequences), CLS pooling, other model types or attention
-kernels without arbitrary masks (flash attention): those keep padded chunks. Packed chunks may
-differ in count across ranks like padded ones; ``split_to`` halves a chunk's sequences and re-packs.
-
-GradCache (``loss.cache_chunk_size``)
--------------------------------------
-GradCache (Gao et al. 2021) makes the batch size independent of memory: embed the whole batch without
-keeping activations, compute the loss and its gradient w.r.t. the embeddings, then re-encode chunk by
-chunk with a graph and push the cached embedding gradients into the encoder. Public implementations
-call ``backward`` once per chunk, which DeepSpeed rejects ("Gradient computed twice", ZeRO-3 hangs):
-its hooks expect each parameter's gradient once per step. Here it is the same chunker with two
-changes: chunks hold at most ``cache_chunk_size`` rows, and each goes through the encoder under
-activation checkpointing. The design gets GradCache's arithmetic from autograd itself:
-
-1. Each chunk of sequences goes through the encoder under non-reentrant activation checkpointing
-   (``torch.utils.checkpoint``). The forward keeps NO activations, only the chunk's token ids and
-   its RNG state: this is GradCache's graph-free first pass, and its peak memory is one chunk.
-2. The chunk embeddings (a few KB each) are concatenated and the all-gathered InfoNCE loss is
-   computed on the full batch, exactly as without caching.
-3. ONE ``backward`` (through ``accelerator.backward``, i.e. the DDP reducer or the DeepSpeed engine):
-   autograd first computes the embedding gradients of the whole batch (GradCache's "cache"), then,
-   chunk by chunk, re-runs that chunk's forward with the SAME RNG state (``preserve_rng_state``: the
-   same dropout masks as in step 1) and back-propagates its slice of the embedding gradient.
-   Every parameter's gradient is accumulated by autograd over the chunks before its accumulation
-   hook fires, so DDP and ZeRO-2/3 see one gradient per parameter per step.
-
-Two forwards and one backward per chunk, as in GradCache. With ``loss.chunk_tokens=null`` GradCache
-chunks are ``cache_chunk_size`` consecutive rows of the length-sorted batch, each cut to its own
-longest row (the behaviour before length-aware chunks), so length-grouped batches and
-``max_seq_length`` truncation carry over.
-"""
+"""A step's sequences as the encoder gets them: ``Chunker`` cuts the tokenised texts into
+length-sorted chunks, each padded only to its own longest sequence, or packs them into rows whose
+sequences attend only to themselves (``loss.pack_sequences``); ``encode`` runs one forward per chunk
+(under activation checkpointing for GradCache) and hands back the embeddings in input order, so the
+step still has ONE backward and DDP / ZeRO see one gradient per parameter. Why, and how GradCache
+fits in: docs/training.md, "Length-aware encoding" and "Batches larger than memory"."""
 
 from __future__ import annotations
 
