@@ -294,7 +294,6 @@ def _train_to_step_one(jsonl: Path, cache: Path, model: Path, out: Path) -> dict
 
     from mst5_dist.config import load_config
     from mst5_dist.training import recipe
-    from mst5_dist.training.step import train_step
 
     cfg = load_config(
         REPO / "configs" / "tiny.yaml",
@@ -316,7 +315,7 @@ def _train_to_step_one(jsonl: Path, cache: Path, model: Path, out: Path) -> dict
     state = recipe.resume_from(run, None)
     recipe.open_output(run)
     try:
-        train_step(run, recipe.epoch_loader(run, state))
+        run.step(recipe.epoch_loader(run, state))
     finally:
         recipe.cleanup(run)
     now = time.time()

@@ -23,7 +23,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -100,24 +99,25 @@ class Trainer:
             overrides.append(f"loss.cache_chunk_size={chunk}")
         self.cfg = load_config(None, overrides)
         params = [p for p in encoder.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr)
-        self.run = SimpleNamespace(
-            accelerator=accelerator, model=encoder, optimizer=optimizer, cfg=self.cfg,
-            objective=TripletObjective(self.cfg), gather=distributed.Gather(False),
-            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-        )  # fmt: skip
+        self.accelerator, self.model = accelerator, encoder
+        self.optimizer = torch.optim.AdamW(params, lr=lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.objective, self.gather = TripletObjective(self.cfg), distributed.Gather(False)
         self.flops = FlopModel.from_encoder(encoder, self.cfg)
         self.device, self.bf16 = accelerator.device, bf16
         self.chunker = build_chunker(self.cfg, encoder, self.device.type, 0)  # the trainer's chunks
 
     def step(self, ids: list[list[int]]):
         """One optimizer step on ``ids``, collated as the trainer's collator does."""
+        from mst5_dist.batch import Batch
         from mst5_dist.training.step import train_step
 
-        chunked = self.chunker(ids)
-        batch = {"encode": chunked, **chunked.counts(), "n": len(ids) // 3}
+        batch = Batch(self.chunker(ids), rows=len(ids) // 3)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return train_step(self.run, iter([batch]))
+            return train_step(
+                iter([batch]), model=self.model, objective=self.objective, optimizer=self.optimizer,
+                scheduler=self.scheduler, accelerator=self.accelerator, gather=self.gather, cfg=self.cfg,
+            )  # fmt: skip
 
 
 def bf16_available(device) -> bool:
@@ -162,11 +162,11 @@ def train_check(accelerator, shape: str, n: int, seq: int, steps: int, bf16: boo
     window = metrics.LogWindow(device)
     for i, batch in enumerate(batches[2:]):
         window.add(i + 1, *trainer.step(batch), time.perf_counter() if i == 0 else 0.0)
-    summed, per_rank = window.device_values(metrics.peak_memory_mb())
-    summed, per_rank = summed.cpu(), per_rank.reshape(1, -1).cpu()
+    summed, per_rank = window.metrics(metrics.peak_memory_mb()).pack(device)
+    figures = metrics.StepMetrics.unpack(summed.cpu(), per_rank.cpu())
     elapsed = time.perf_counter() - window.started
-    metrics.first_bad_step(per_rank)
-    record = metrics.step_record(step=steps, epoch=0, window=window, summed=summed, per_rank=per_rank, lr=1e-4,
+    metrics.first_bad_step(figures)
+    record = metrics.step_record(step=steps, epoch=0, window=window, figures=figures, lr=1e-4,
                                  elapsed=elapsed, world=1, accum=1, flops=trainer.flops,
                                  peak_flops=metrics.peak_bf16_flops())  # fmt: skip
     d, ff, layers, heads, _ = SHAPES[shape]
@@ -221,8 +221,8 @@ def gradcache_check(accelerator, shape: str, n: int, seq: int, chunk: int, injec
     for cached in (False, True):
         encoder = build_encoder(shape, 3 if (cached and inject) else 0, device)
         trainer = Trainer(accelerator, encoder, chunk=chunk if cached else None, lr=1e-4, bf16=False)
-        trainer.run.optimizer.step = lambda: None  # keep the gradients for the comparison
-        trainer.run.optimizer.zero_grad = lambda: None
+        trainer.optimizer.step = lambda: None  # keep the gradients for the comparison
+        trainer.optimizer.zero_grad = lambda: None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sums, _ = trainer.step(batch)

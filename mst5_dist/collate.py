@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mst5_dist.batch import Batch
 from mst5_dist.encoding import Chunker
 
 
@@ -18,15 +19,8 @@ class BatchCollator:
         self.tokenizer, self.max_len, self.objective = tokenizer, max_seq_length, objective
         self.chunker = chunker or Chunker(tokenizer.pad_token_id or 0)
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, rows: list[dict[str, Any]]) -> Batch:
         collated = self.objective.collate(rows)
         # Without padding (about half the tokenizer's time here): each chunk is padded on its own.
         ids = self.tokenizer(collated.texts, truncation=True, max_length=self.max_len)["input_ids"]
-        chunked = self.chunker(ids)
-        return {
-            "encode": chunked,
-            **chunked.counts(),
-            "n": len(rows),
-            "source_ids": [r["source_id"] for r in rows],
-            **collated.extras,
-        }
+        return Batch(self.chunker(ids), len(rows), [r["source_id"] for r in rows], collated.extras)

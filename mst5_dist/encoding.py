@@ -1,90 +1,46 @@
-"""Length-aware encoding of a step's sequences, and GradCache, in ONE backward per step.
-
-Length-aware chunks
--------------------
-The collator tokenises the texts of this rank's micro-batch (anchors, positives, hard negatives:
-every text the objective asks for) WITHOUT padding them to one width. ``Chunker`` sorts them by
-length (longest first, stable) and cuts the sorted list into chunks, each padded only to its own
-longest sequence (on the right, masked: padding does not change an embedding), so the encoder sees
-few padded tokens. The cut minimises the total cost of the chunks (exact dynamic programme over the
-sorted lengths; optimal chunks of a sorted list are contiguous runs of it)::
-
-    cost(chunk) = rows x width + overhead          subject to rows x width <= loss.chunk_tokens
-
-``overhead`` (``loss.chunk_overhead_tokens``) is what one more chunk costs in tokens of work: kernel
-launches and per-call Python on a GPU (``auto``: 8192), a few small tensors' worth on a CPU (``auto``:
-32; measured by ``benchmarks/chunk_overhead.py``). It keeps the programme from cutting chunks whose
-launch costs more than the padding it saves. ``loss.chunk_tokens=null`` is the reference path: one
-chunk of the whole batch at one width, in input order (what the trainer did before).
-
-Every chunk goes through the encoder with a graph; the chunk embeddings are concatenated, put back in
-input order (an autograd-tracked gather) and handed to the loss, and the step still has ONE
-``backward``: autograd accumulates each parameter's gradient over the chunks before its accumulation
-hook fires, so the DDP reducer and ZeRO-2/3 see one gradient per parameter per step. DDP (buffer
-broadcasts) and ZeRO-3 (parameter all-gathers) run collectives in every forward, so every rank must
-encode the same NUMBER of chunks: ``agree_across_ranks`` takes the largest count over the ranks and
-splits the others' largest chunks until they have as many (splitting never adds padding).
-
-Packed rows (``loss.pack_sequences``, the default where the model allows it)
----------------------------------------------------------------------------
-Padded chunks trade padding against encoder calls, and on a CPU each call costs far more than
-``chunk_overhead_tokens`` suggests once backward is counted (MiniLM on SNLI: 4.8 chunks a step at
-7.7% padding trained only ~1.1x faster than one width at 41.6%). Packing removes the trade: the
-sequences are packed into rows (best-fit decreasing), each row ``width`` tokens, and every token
-attends only to the tokens of its own sequence (segment ids -> a block-diagonal 4-D mask built by
-``SentenceEncoder``); positions restart at each sequence (BERT and XLM-R position ids; T5's
-relative bias depends on distances only), so each sequence's hidden states are those of an
-unpadded encoding, and the embedding is a mean over its segment. One chunk per ``chunk_tokens``
-tokens, in whole rows. ``width`` is the longest sequence times the factor of least work
-``rows x width x (1 + ratio x width)``, ``ratio`` = attention over linear FLOPs per token and key
-(``training.flops.attention_ratio``): wider rows pack tighter but attend over more keys. Not for
-GradCache chunks (their row cap counts sequences), CLS pooling, other model types or attention
-kernels without arbitrary masks (flash attention): those keep padded chunks. Packed chunks may
-differ in count across ranks like padded ones; ``split_to`` halves a chunk's sequences and re-packs.
-
-GradCache (``loss.cache_chunk_size``)
--------------------------------------
-GradCache (Gao et al. 2021) makes the batch size independent of memory: embed the whole batch without
-keeping activations, compute the loss and its gradient w.r.t. the embeddings, then re-encode chunk by
-chunk with a graph and push the cached embedding gradients into the encoder. Public implementations
-call ``backward`` once per chunk, which DeepSpeed rejects ("Gradient computed twice", ZeRO-3 hangs):
-its hooks expect each parameter's gradient once per step. Here it is the same chunker with two
-changes: chunks hold at most ``cache_chunk_size`` rows, and each goes through the encoder under
-activation checkpointing. The design gets GradCache's arithmetic from autograd itself:
-
-1. Each chunk of sequences goes through the encoder under non-reentrant activation checkpointing
-   (``torch.utils.checkpoint``). The forward keeps NO activations, only the chunk's token ids and
-   its RNG state: this is GradCache's graph-free first pass, and its peak memory is one chunk.
-2. The chunk embeddings (a few KB each) are concatenated and the all-gathered InfoNCE loss is
-   computed on the full batch, exactly as without caching.
-3. ONE ``backward`` (through ``accelerator.backward``, i.e. the DDP reducer or the DeepSpeed engine):
-   autograd first computes the embedding gradients of the whole batch (GradCache's "cache"), then,
-   chunk by chunk, re-runs that chunk's forward with the SAME RNG state (``preserve_rng_state``: the
-   same dropout masks as in step 1) and back-propagates its slice of the embedding gradient.
-   Every parameter's gradient is accumulated by autograd over the chunks before its accumulation
-   hook fires, so DDP and ZeRO-2/3 see one gradient per parameter per step.
-
-Two forwards and one backward per chunk, as in GradCache. With ``loss.chunk_tokens=null`` GradCache
-chunks are ``cache_chunk_size`` consecutive rows of the length-sorted batch, each cut to its own
-longest row (the behaviour before length-aware chunks), so length-grouped batches and
-``max_seq_length`` truncation carry over.
-"""
+"""A step's sequences as the encoder gets them: ``Chunker`` cuts the tokenised texts into
+length-sorted chunks, each padded only to its own longest sequence, or packs them into rows whose
+sequences attend only to themselves (``loss.pack_sequences``); ``encode`` runs one forward per chunk
+(under activation checkpointing for GradCache) and hands back the embeddings in input order, so the
+step still has ONE backward and DDP / ZeRO see one gradient per parameter. Why, and how GradCache
+fits in: docs/training.md, "Length-aware encoding" and "Batches larger than memory"."""
 
 from __future__ import annotations
 
 import bisect
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mst5_dist import distributed
-
 AUTO_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 8192}
 """``loss.chunk_overhead_tokens=auto`` by device type (other devices: the CUDA figure)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the encoder runs for a batch, counted on the host from the chunks' shapes (no device
+    sync); summed over micro-batches, steps and ranks for ``train_log.jsonl`` (whole numbers, held
+    as floats once reduced)."""
+
+    real_tokens: float = 0
+    """Tokens of the sequences themselves."""
+    padded_tokens: float = 0
+    """Tokens the encoder runs: rows x width, summed over the chunks."""
+    sentences: float = 0
+    """Sequences encoded."""
+    chunks: float = 0
+    """Encoder calls."""
+    real_attended: float = 0
+    """Sum over the sequences of length^2: the keys their tokens attend over."""
+    padded_attended: float = 0
+    """Sum over the chunks of rows x width^2: the keys the encoder's tokens attend over."""
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass
@@ -124,17 +80,16 @@ class ChunkedBatch:
         """Tokens the encoder actually runs: rows x width, summed over the chunks."""
         return sum(int(ids.numel()) for ids in self.input_ids)
 
-    def counts(self) -> dict[str, int]:
-        """The batch fields the step's metrics read."""
-        return {
-            "real_tokens": self.real_tokens,
-            "padded_tokens": self.padded_tokens,
-            "sentences": len(self.lengths),
-            "chunks": len(self.input_ids),
-            # What each token attends over (sum of s^2): the attention term of training.flops
-            "real_attended": sum(n * n for n in self.lengths),
-            "padded_attended": sum(int(ids.shape[0]) * int(ids.shape[1]) ** 2 for ids in self.input_ids),
-        }
+    def counts(self) -> Counts:
+        """What the encoder runs for this batch (the step's metrics sum it)."""
+        return Counts(
+            real_tokens=self.real_tokens,
+            padded_tokens=self.padded_tokens,
+            sentences=len(self.lengths),
+            chunks=len(self.input_ids),
+            real_attended=sum(n * n for n in self.lengths),
+            padded_attended=sum(int(ids.shape[0]) * int(ids.shape[1]) ** 2 for ids in self.input_ids),
+        )
 
     def to(self, device) -> ChunkedBatch:
         return replace(
@@ -373,18 +328,6 @@ def split_to(chunked: ChunkedBatch, count: int) -> ChunkedBatch:
         masks[k : k + 1] = [masks[k][: m - s], masks[k][m - s :, :width]]
         bounds[k : k + 1] = [(s, m), (m, e)]
     return replace(chunked, input_ids=ids, attention_mask=masks, bounds=bounds)
-
-
-def agree_across_ranks(batch: dict, device) -> None:
-    """Give every rank the largest chunk count of any rank (in place, counts updated): DDP and
-    ZeRO-3 run collectives in each forward, so the ranks must run the same number of them."""
-    chunked: ChunkedBatch = batch["encode"]
-    if chunked.fixed_count or not distributed.is_distributed():
-        return
-    count = distributed.max_over_ranks(len(chunked.input_ids), device)
-    if count > len(chunked.input_ids):
-        batch["encode"] = split_to(chunked, count)
-        batch.update(batch["encode"].counts())
 
 
 def encode(model, chunked: ChunkedBatch, checkpointed: bool = False) -> torch.Tensor:

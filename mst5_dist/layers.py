@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.data.lengths",  # token lengths
             "mst5_dist.data.sampler",  # GlobalBatchSampler
             "mst5_dist.encoding",
+            "mst5_dist.batch",
             "mst5_dist.collate",
             "mst5_dist.objectives",
             "mst5_dist.tiny_default",

@@ -113,7 +113,7 @@ def test_split_to_a_count_keeps_rows_and_adds_no_padding():
     assert len(chunked.input_ids) == 1
     split = encoding.split_to(chunked, 4)
     assert len(split.input_ids) == 4 and unpack(split) == unpack(chunked)
-    assert split.padded_tokens <= chunked.padded_tokens and split.counts()["chunks"] == 4
+    assert split.padded_tokens <= chunked.padded_tokens and split.counts().chunks == 4
     with pytest.raises(ValueError):
         encoding.split_to(encoding.Chunker(0, 64, 0)(ids_of(2)), 3)
 
@@ -175,11 +175,11 @@ def loss_and_grads(setup, tokens, cache, hard, fault=None, packed=False):
     chunker = encoding.chunker(cfg.loss, encoder.tokenizer.pad_token_id, "cpu", encoder.packing is not None)
     batch = BatchCollator(encoder.tokenizer, 64, objective, chunker)(rows)
     if fault == "order":
-        batch["encode"].restore = None
+        batch.encode.restore = None
     elif fault == "mask":
-        batch["encode"].attention_mask = [torch.ones_like(m) for m in batch["encode"].attention_mask]
+        batch.encode.attention_mask = [torch.ones_like(m) for m in batch.encode.attention_mask]
     encoder.zero_grad(set_to_none=True)
-    loss = compute_loss(encoder, batch, objective, cfg, "cpu", Gather(False))
+    loss, batch = compute_loss(encoder, batch, objective, cfg, "cpu", Gather(False))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.requires_grad}
     return float(loss.detach()), grads, batch
@@ -212,8 +212,9 @@ def test_length_aware_equals_one_width_in_one_process(model, tokens, cache, hard
     setup = request.getfixturevalue(f"{model}_setup")
     ref_loss, ref_grads, ref_batch = loss_and_grads(setup, None, None, hard)
     loss, grads, batch = loss_and_grads(setup, tokens, cache, hard, fault)
-    assert ref_batch["chunks"] == 1 and batch["chunks"] > 1
-    assert batch["real_tokens"] == ref_batch["real_tokens"] and batch["padded_tokens"] < ref_batch["padded_tokens"]
+    assert ref_batch.counts.chunks == 1 and batch.counts.chunks > 1
+    assert batch.counts.real_tokens == ref_batch.counts.real_tokens
+    assert batch.counts.padded_tokens < ref_batch.counts.padded_tokens
     same = loss == pytest.approx(ref_loss, rel=1e-5) and worst_relative(grads, ref_grads) < 1e-5
     assert same == (fault is None), (loss, ref_loss, worst_relative(grads, ref_grads))
 
@@ -236,12 +237,13 @@ def test_packed_rows_equal_one_width_in_one_process(model, tokens, hard, fault, 
     ref_loss, ref_grads, ref_batch = loss_and_grads(setup, None, None, hard)
     _, _, padded = loss_and_grads(setup, tokens, None, hard)  # length-aware padded chunks
     loss, grads, batch = loss_and_grads(setup, tokens, None, hard, fault, packed=True)
-    chunked = batch["encode"]
+    chunked = batch.encode
     assert chunked.position_ids is not None and sum(int(t.shape[0]) for t in chunked.input_ids) < len(chunked.lengths)
-    assert batch["real_tokens"] == ref_batch["real_tokens"] and batch["padded_tokens"] < ref_batch["padded_tokens"]
+    assert batch.counts.real_tokens == ref_batch.counts.real_tokens
+    assert batch.counts.padded_tokens < ref_batch.counts.padded_tokens
     if tokens == 16384:  # (at 64 tokens, rows as wide as the longest sequence pack coarsely)
-        assert batch["padded_tokens"] < padded["padded_tokens"]
-    assert (batch["chunks"] == 1) == (tokens == 16384)  # 64 tokens: more than one chunk of packed rows
+        assert batch.counts.padded_tokens < padded.counts.padded_tokens
+    assert (batch.counts.chunks == 1) == (tokens == 16384)  # 64 tokens: more than one chunk of packed rows
     same = loss == pytest.approx(ref_loss, rel=1e-5) and worst_relative(grads, ref_grads) < 1e-5
     assert same == (fault is None), (loss, ref_loss, worst_relative(grads, ref_grads))
 
@@ -338,11 +340,11 @@ def test_logged_padding_is_what_the_chunks_encoded(tiny_base, tmp_path):
         sampler.set_epoch(0, 0)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
         batches = [b for _, b in zip(range(3), loader)]
-        assert all((b["encode"].position_ids is not None) == (name == "packed") for b in batches)
-        real = [sum(int((m > 0).sum()) for m in b["encode"].attention_mask) for b in batches]
-        fed = [sum(m.numel() for m in b["encode"].input_ids) for b in batches]
+        assert all((b.encode.position_ids is not None) == (name == "packed") for b in batches)
+        real = [sum(int((m > 0).sum()) for m in b.encode.attention_mask) for b in batches]
+        fed = [sum(m.numel() for m in b.encode.input_ids) for b in batches]
         expected[name] = [1 - r / f for r, f in zip(real, fed)]
-        assert [r["chunks"] for r in logs[name]] == [len(b["encode"].input_ids) for b in batches]
+        assert [r["chunks"] for r in logs[name]] == [len(b.encode.input_ids) for b in batches]
         assert [(r["real_tokens"], r["padded_tokens"]) for r in logs[name]] == list(zip(real, fed))
     for name in logs:
         assert [r["padding_fraction"] for r in logs[name]] == pytest.approx(expected[name], abs=1e-12)

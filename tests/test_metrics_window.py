@@ -27,6 +27,12 @@ def window_of(steps: list[tuple[float, float | None]]) -> metrics.LogWindow:
     return window
 
 
+def figures_of(*ranks: metrics.LogWindow) -> metrics.StepMetrics:
+    """The ranks' windows packed, summed and gathered (as the recipe does over ranks), unpacked."""
+    packed = [w.metrics(0.0).pack("cpu") for w in ranks]
+    return metrics.StepMetrics.unpack(sum(p[0] for p in packed), torch.stack([p[1] for p in packed]))
+
+
 FIRST_BAD = [  # (steps, message start or None for no error)
     ([(1.0, 1.0), (2.0, 2.0)], None),
     ([(1.0, None), (2.0, None)], None),  # DeepSpeed before its first norm: no norm is not a bad norm
@@ -38,23 +44,35 @@ FIRST_BAD = [  # (steps, message start or None for no error)
 
 @pytest.mark.parametrize(("steps", "message"), FIRST_BAD)
 def test_the_first_non_finite_step_is_kept_exactly(steps, message):
-    summed, per_rank = window_of(steps).device_values(0.0)
+    figures = figures_of(window_of(steps))
     if message is None:
-        metrics.first_bad_step(per_rank.reshape(1, -1))
-        assert summed[0] == sum(loss for loss, _ in steps)  # the window's loss sum
+        metrics.first_bad_step(figures)
+        assert figures.loss == sum(loss for loss, _ in steps)  # the window's loss sum
         return
     with pytest.raises(metrics.NonFinite, match="^" + message.replace(".", r"\.") + " "):
-        metrics.first_bad_step(per_rank.reshape(1, -1))
+        metrics.first_bad_step(figures)
 
 
 def test_the_first_bad_step_over_ranks_is_the_earliest():
-    ranks = torch.stack(
-        [window_of(s).device_values(0.0)[1] for s in ([(1.0, 1.0), (math.nan, 2.0)], [(math.nan, 1.0)])]
-    )
+    ranks = [window_of(s) for s in ([(1.0, 1.0), (math.nan, 2.0)], [(math.nan, 1.0)])]
     with pytest.raises(metrics.NonFinite, match=r"^step 1: loss = nan"):
-        metrics.first_bad_step(ranks)
+        metrics.first_bad_step(figures_of(*ranks))
     with pytest.raises(metrics.NonFinite, match=r"^step 2: loss = nan"):  # negative control: rank 0 alone
-        metrics.first_bad_step(ranks[:1])
+        metrics.first_bad_step(figures_of(ranks[0]))
+
+
+def test_step_metrics_pack_and_unpack_by_name():
+    """Two ranks' figures: the summed fields come back summed, the gathered ones by rank."""
+    counts = encoding.Counts(10, 12, 2, 1, 50, 72)
+    ranks = [
+        metrics.StepMetrics(torch.tensor(1.5), counts, 100.0, torch.tensor(2.0), 0.0, 0.0, 0.0),
+        metrics.StepMetrics(torch.tensor(0.5), counts + counts, 200.0, torch.tensor(3.0), 4.0, math.inf, 1.0),
+    ]
+    packed = [m.pack("cpu") for m in ranks]
+    figures = metrics.StepMetrics.unpack(packed[0][0] + packed[1][0], torch.cat([p[1] for p in packed]))
+    assert figures.loss == 2.0 and figures.counts == encoding.Counts(30, 36, 6, 3, 150, 216)
+    assert figures.peak_memory_mb == [100.0, 200.0] and figures.grad_norm == [2.0, 3.0]
+    assert (figures.bad_step, figures.bad_loss, figures.bad_grad_norm) == ([0.0, 4.0], [0.0, math.inf], [0.0, 1.0])
 
 
 def run_log(base, out, *extra) -> list[dict]:

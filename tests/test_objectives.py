@@ -36,8 +36,8 @@ class SymmetricInfoNCE:
 
     def loss(self, embeddings, batch, gather):
         SymmetricInfoNCE.calls["loss"] += 1
-        n = batch["n"]
-        assert batch["row_ids"].tolist() == list(range(n))  # the extras reach the loss
+        n = batch.rows
+        assert batch.extras["row_ids"].tolist() == list(range(n))  # the extras reach the loss
         a, p = embeddings[:n], embeddings[n : 2 * n]
         forward = info_nce(a, p, temperature=self.temperature, gather=gather, rank=gather.rank)
         backward = info_nce(p, a, temperature=self.temperature, gather=gather, rank=gather.rank)

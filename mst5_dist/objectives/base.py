@@ -15,7 +15,8 @@ an edit of the training loop::
 
 ``collate`` returns the texts to encode (the trainer tokenises and encodes them, in one pass or in
 GradCache chunks, and hands back one embedding per text in the same order) and the tensors the loss
-needs beside the embeddings. ``gather`` is ``distributed.Gather``: an autograd all-gather across
+needs beside the embeddings; ``loss`` reads them from the ``batch.Batch`` (``batch.extras``, beside
+``batch.rows``). ``gather`` is ``distributed.Gather``: an autograd all-gather across
 ranks (identity at world size 1, or when ``loss.gather_across_ranks`` is off) with its ``rank``.
 """
 
@@ -25,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
+from mst5_dist.batch import Batch
 from mst5_dist.config import Config
 from mst5_dist.errors import ConfigError
 
@@ -35,8 +39,8 @@ class Collated:
 
     texts: list[str]
     """Sequences to encode, in the order the loss expects their embeddings."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Tensors (moved to the device by the trainer) and values the loss reads beside the embeddings."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors the loss reads beside the embeddings (``Batch.extras``, moved to the device by the trainer)."""
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Objective(Protocol):
 
     def collate(self, rows: list[dict[str, Any]]) -> Collated: ...
 
-    def loss(self, embeddings: Any, batch: dict[str, Any], gather: Any) -> Any: ...
+    def loss(self, embeddings: Any, batch: Batch, gather: Any) -> Any: ...
 
 
 _REGISTRY: dict[str, Callable[[Config], Objective]] = {}

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mst5_dist.batch import Batch
 from mst5_dist.config import Config
 from mst5_dist.errors import ConfigError
 from mst5_dist.losses import info_nce
@@ -96,8 +97,8 @@ class ClaObjective:
             },
         )
 
-    def loss(self, embeddings, batch: dict[str, Any], gather) -> Any:
-        anchors, positives = cla_pairs(embeddings, batch["pivot"], batch["flip"])
+    def loss(self, embeddings, batch: Batch, gather) -> Any:
+        anchors, positives = cla_pairs(embeddings, batch.extras["pivot"], batch.extras["flip"])
         return info_nce(
             anchors, positives, None, temperature=self.cfg.loss.temperature, gather=gather, rank=gather.rank
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mst5_dist.batch import Batch
 from mst5_dist.config import Config
 from mst5_dist.losses import info_nce
 from mst5_dist.objectives.base import Collated, SetupContext, register
@@ -24,8 +25,8 @@ class TripletObjective:
         # Anchors, positives and negatives are encoded together: one forward (or one GradCache pass).
         return Collated(texts=[r[c] for c in self.columns for r in rows])
 
-    def loss(self, embeddings, batch: dict[str, Any], gather) -> Any:
-        n = batch["n"]
+    def loss(self, embeddings, batch: Batch, gather) -> Any:
+        n = batch.rows
         negatives = embeddings[2 * n : 3 * n] if self.hard_negatives else None
         return info_nce(
             embeddings[:n],

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import resource
+from dataclasses import astuple, dataclass, field, fields
 from typing import Any
 
 import torch
 
+from mst5_dist.encoding import Counts
 from mst5_dist.errors import MstError
 
 
@@ -48,18 +50,69 @@ def peak_memory_mb() -> float:
 
 class StepSums:
     """Per-step sums over micro-batches: the loss stays on the device (no host sync); the counts
-    the host knows anyway (real tokens, padded tokens = rows x width of each chunk the encoder ran,
-    sentences, chunks, attended widths) stay on the host."""
-
-    COUNTS = ("real_tokens", "padded_tokens", "sentences", "chunks", "real_attended", "padded_attended")
+    (``encoding.Counts``: real and padded tokens, sentences, chunks, attended widths) are the host's."""
 
     def __init__(self, device) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.counts = [0] * len(self.COUNTS)
+        self.counts = Counts()
 
-    def add(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+    def add(self, loss: torch.Tensor, counts: Counts) -> None:
         self.loss += loss.detach().to(torch.float64)
-        self.counts = [a + batch[k] for a, k in zip(self.counts, self.COUNTS, strict=True)]
+        self.counts += counts
+
+
+# A StepMetrics field's metadata: summed over the ranks or gathered per rank; "of": a dataclass of
+# numbers, packed field by field.
+SUM, PER_RANK = {"gathered": False}, {"gathered": True}
+
+
+@dataclass
+class StepMetrics:
+    """The figures of a record's steps, by name. One rank's are device tensors or host numbers;
+    ``pack`` lays them out as the two float64 device tensors the recipe reduces over the ranks
+    (summed fields) and gathers from them (the rest): the record's one host sync. ``unpack`` names
+    the results again: a summed field is then a number, a gathered field a list by rank."""
+
+    loss: Any = field(metadata=SUM)
+    """The micro-batch losses, summed."""
+    counts: Counts = field(metadata={**SUM, "of": Counts})
+    """What the encoder ran."""
+    peak_memory_mb: Any = field(metadata=PER_RANK)
+    """The process's peak memory."""
+    grad_norm: Any = field(metadata=PER_RANK)
+    """The steps' gradient norms, summed (0 where no norm was known)."""
+    bad_step: Any = field(metadata=PER_RANK)
+    """The first step whose loss or gradient norm was not finite (0: none) ..."""
+    bad_loss: Any = field(metadata=PER_RANK)
+    """... its loss ..."""
+    bad_grad_norm: Any = field(metadata=PER_RANK)
+    """... and its gradient norm (NaN where it had none)."""
+
+    def pack(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(to sum over ranks, to gather per rank): 1-D float64 tensors on ``device``."""
+        parts: dict[bool, list] = {False: [], True: []}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            parts[f.metadata["gathered"]] += astuple(value) if f.metadata.get("of") else [value]
+        return vector(parts[False], device), vector(parts[True], device)
+
+    @classmethod
+    def unpack(cls, summed: torch.Tensor, gathered: torch.Tensor) -> StepMetrics:
+        """The named figures of ``pack``'s tensors once reduced (``summed``) and gathered (every
+        rank's part, concatenated or stacked), on the CPU."""
+        width = sum(f.metadata["gathered"] for f in fields(cls))
+        values = {False: iter(summed.tolist()), True: iter(gathered.reshape(-1, width).T.tolist())}
+        named = {}
+        for f in fields(cls):
+            source = values[f.metadata["gathered"]]
+            of = f.metadata.get("of")
+            named[f.name] = of(*(next(source) for _ in fields(of))) if of else next(source)
+        return cls(**named)
+
+
+def vector(values: list, device) -> torch.Tensor:
+    """Device tensors and host numbers as one 1-D float64 tensor on ``device``."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
 
 
 class LogWindow:
@@ -77,7 +130,7 @@ class LogWindow:
     def reset(self) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.counts = [0] * len(StepSums.COUNTS)
+        self.counts = Counts()
         self.steps, self.started, self.has_norm = 0, None, False
 
     def add(self, step: int, sums: StepSums, grad_norm, started: float) -> None:
@@ -85,7 +138,7 @@ class LogWindow:
         self.started = started if self.started is None else self.started
         self.steps += 1
         self.loss += sums.loss
-        self.counts = [a + b for a, b in zip(self.counts, sums.counts, strict=True)]
+        self.counts += sums.counts
         norm = torch.full((), math.nan if grad_norm is None else 0.0, dtype=torch.float64, device=self.device)
         if grad_norm is not None:
             self.has_norm = True
@@ -95,54 +148,50 @@ class LogWindow:
         values = torch.stack([torch.full_like(norm, step), sums.loss, norm])
         self.bad = torch.where((self.bad[0] == 0) & ~finite, values, self.bad)
 
-    def device_values(self, peak_mb: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(to sum over ranks: loss and counts; to gather per rank: peak memory, grad norm, bad step)."""
-        counts = torch.tensor(self.counts, dtype=torch.float64, device=self.device)
-        summed = torch.cat([self.loss.reshape(1), counts])
-        per_rank = torch.cat([torch.tensor([peak_mb], dtype=torch.float64, device=self.device),
-                              self.grad_norm.reshape(1), self.bad])  # fmt: skip
-        return summed, per_rank
+    def metrics(self, peak_mb: float) -> StepMetrics:
+        """This rank's figures of the window (``peak_mb``: its peak memory)."""
+        step, loss, norm = self.bad
+        return StepMetrics(self.loss, self.counts, peak_mb, self.grad_norm, step, loss, norm)
 
 
-def first_bad_step(per_rank: torch.Tensor) -> None:
-    """Raise ``NonFinite`` naming the first non-finite step of any rank (rows of ``device_values``'s
-    per-rank part, on the CPU) and what was not finite there."""
-    rows = [r for r in per_rank.tolist() if r[2] > 0]
+def first_bad_step(figures: StepMetrics) -> None:
+    """Raise ``NonFinite`` naming the first non-finite step of any rank (``figures`` unpacked) and
+    what was not finite there."""
+    rows = [r for r in zip(figures.bad_step, figures.bad_loss, figures.bad_grad_norm, strict=True) if r[0] > 0]
     if not rows:
         return
-    step = min(r[2] for r in rows)
-    at = [r for r in rows if r[2] == step]
-    loss = next((r[3] for r in at if not math.isfinite(r[3])), None)
-    norm = next((r[4] for r in at if not math.isfinite(r[4])), None)
+    step = min(r[0] for r in rows)
+    at = [r for r in rows if r[0] == step]
+    loss = next((r[1] for r in at if not math.isfinite(r[1])), None)
+    norm = next((r[2] for r in at if not math.isfinite(r[2])), None)
     check_finite(int(step), {"loss": loss, "grad_norm": norm})
 
 
 def step_record(
-    *, step: int, epoch: int, window: LogWindow, summed: torch.Tensor, per_rank: torch.Tensor, lr: float,
-    elapsed: float, world: int, accum: int, flops, peak_flops: float | None,
+    *, step: int, epoch: int, window: LogWindow, figures: StepMetrics, lr: float, elapsed: float, world: int,
+    accum: int, flops, peak_flops: float | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The record of the window's steps, from ``summed`` (reduced over ranks) and ``per_rank``
-    (gathered), both on the CPU; rates over ``elapsed``, the wall time since the window began."""
-    loss, real, padded, sentences, chunks, real_att, padded_att = (float(v) for v in summed)
-    steps = window.steps
-    model = flops.model_flops(real, real_att) / steps
-    hardware = flops.hardware_flops(padded, padded_att) / steps
+    """The record of the window's steps, from ``figures`` (reduced over ranks and gathered,
+    unpacked); rates over ``elapsed``, the wall time since the window began."""
+    c, steps = figures.counts, window.steps
+    model = flops.model_flops(c.real_tokens, c.real_attended) / steps
+    hardware = flops.hardware_flops(c.padded_tokens, c.padded_attended) / steps
     record = {
         "step": step,
         "epoch": epoch,
         "steps_in_record": steps,
-        "loss": loss / (world * accum * steps),
-        "grad_norm": float(per_rank[0, 1]) / steps if window.has_norm else None,
+        "loss": figures.loss / (world * accum * steps),
+        "grad_norm": figures.grad_norm[0] / steps if window.has_norm else None,
         "lr": lr,
-        "sentences_per_s": sentences / elapsed,
-        "tokens_per_s": real / elapsed,
-        "padding_fraction": 1.0 - real / padded,
-        "real_tokens": real / steps,  # per step, all ranks: the useful tokens ...
-        "padded_tokens": padded / steps,  # ... and what the encoder ran (rows x width of each chunk)
-        "chunks": chunks / (world * steps),  # encoder calls per rank per step (all micro-batches)
+        "sentences_per_s": c.sentences / elapsed,
+        "tokens_per_s": c.real_tokens / elapsed,
+        "padding_fraction": 1.0 - c.real_tokens / c.padded_tokens,
+        "real_tokens": c.real_tokens / steps,  # per step, all ranks: the useful tokens ...
+        "padded_tokens": c.padded_tokens / steps,  # ... and what the encoder ran (rows x width of each chunk)
+        "chunks": c.chunks / (world * steps),  # encoder calls per rank per step (all micro-batches)
         "step_time_s": elapsed / steps,
-        "peak_memory_mb": float(per_rank[0, 0]),  # the main process's (rank 0)
-        "peak_memory_mb_per_rank": [round(float(m), 1) for m in per_rank[:, 0]],
+        "peak_memory_mb": figures.peak_memory_mb[0],  # the main process's (rank 0)
+        "peak_memory_mb_per_rank": [round(m, 1) for m in figures.peak_memory_mb],
         "world_size": world,
         "model_flops": model,
         "hardware_flops": hardware,

@@ -59,6 +59,13 @@ class Run:
     flops: FlopModel
     output_dir: Path
 
+    def step(self, batches) -> tuple[metrics.StepSums, Any]:
+        """One optimizer step on ``batches`` (``training.step.train_step`` with this run's parts)."""
+        return train_step(
+            batches, model=self.model, objective=self.objective, optimizer=self.optimizer,
+            scheduler=self.scheduler, accelerator=self.accelerator, gather=self.gather, cfg=self.cfg,
+        )  # fmt: skip
+
 
 def train(cfg: Config, resume: str | None = None) -> Path:
     """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``errors.Interrupted`` after a stop signal."""
@@ -199,7 +206,7 @@ def loop(run: Run, state: TrainState) -> None:
         while state.step < run.total_steps and state.batch_in_epoch < run.epoch_batches[state.epoch]:
             start = time.perf_counter()
             with distributed.collective(f"step {state.step + 1} (forward, backward, gradient all-reduce)"):
-                window.add(state.step + 1, *train_step(run, loader), start)
+                window.add(state.step + 1, *run.step(loader), start)
             state.batch_in_epoch += cfg.train.grad_accum_steps
             state.step += 1
             progress.update(1)
@@ -239,13 +246,14 @@ def log_step(run: Run, state: TrainState, window: metrics.LogWindow) -> dict[str
     """The record of the window's steps: reduced over ranks (the one host sync), checked for a
     non-finite step, evaluated when due, written to train_log.jsonl and the trackers."""
     cfg, accelerator = run.cfg, run.accelerator
-    summed, per_rank = window.device_values(metrics.peak_memory_mb())
-    summed = accelerator.reduce(summed, reduction="sum").cpu()
-    per_rank = accelerator.gather(per_rank).reshape(accelerator.num_processes, -1).cpu()
+    summed, per_rank = window.metrics(metrics.peak_memory_mb()).pack(accelerator.device)
+    figures = metrics.StepMetrics.unpack(
+        accelerator.reduce(summed, reduction="sum").cpu(), accelerator.gather(per_rank).cpu()
+    )
     elapsed = time.perf_counter() - window.started  # after the read-back: the window's work is done
-    metrics.first_bad_step(per_rank)  # every rank holds the same gathered figures: all stop together
+    metrics.first_bad_step(figures)  # every rank holds the same gathered figures: all stop together
     record = metrics.step_record(
-        step=state.step, epoch=state.epoch, window=window, summed=summed, per_rank=per_rank,
+        step=state.step, epoch=state.epoch, window=window, figures=figures,
         lr=run.scheduler.get_last_lr()[0], elapsed=elapsed, world=accelerator.num_processes,
         accum=cfg.train.grad_accum_steps, flops=run.flops, peak_flops=metrics.peak_bf16_flops(),
     )  # fmt: skip

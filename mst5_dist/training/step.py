@@ -3,31 +3,25 @@ backward; then clip (or let DeepSpeed clip) and step."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 
 from mst5_dist import encoding
+from mst5_dist.batch import Batch, agree_across_ranks
 from mst5_dist.config import Config
+from mst5_dist.distributed import Gather
 from mst5_dist.training.metrics import StepSums
 
 
-def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
-    """The batch's tensors (and its chunked sequences) on ``device``; to a GPU through pinned memory
-    without blocking (a plain copy from pageable memory would wait for the GPU to finish the queued
-    work: a sync per step)."""
-    return {k: v.to(device) if isinstance(v, encoding.ChunkedBatch) else encoding.move(v, device)
-            for k, v in batch.items()}  # fmt: skip
-
-
-def compute_loss(model, batch: dict[str, Any], objective, cfg: Config, device, gather) -> torch.Tensor:
-    """Every text of the batch is encoded in the collator's length-sorted chunks (GradCache:
-    checkpointed), back in input order; the objective turns the embeddings into its loss. The
-    batch's token and chunk counts are updated in place when the ranks agree on a chunk count."""
-    encoding.agree_across_ranks(batch, device)
-    batch = to_device(batch, device)
-    emb = encoding.encode(model, batch["encode"], checkpointed=bool(cfg.loss.cache_chunk_size))
-    return objective.loss(emb, batch, gather)
+def compute_loss(model, batch: Batch, objective, cfg: Config, device, gather: Gather) -> tuple[torch.Tensor, Batch]:
+    """The loss of ``batch`` and the batch as encoded: its chunk count agreed across the ranks (its
+    counts then read the split), on ``device``. Every text is encoded in the collator's
+    length-sorted chunks (GradCache: checkpointed), back in input order; the objective turns the
+    embeddings into its loss."""
+    batch = agree_across_ranks(batch, device).to(device)
+    emb = encoding.encode(model, batch.encode, checkpointed=bool(cfg.loss.cache_chunk_size))
+    return objective.loss(emb, batch, gather), batch
 
 
 def clip_gradients(accelerator, model, cfg: Config) -> torch.Tensor | float | None:
@@ -45,22 +39,24 @@ def deepspeed_grad_norm(model) -> float | torch.Tensor | None:
     return get() if get else None
 
 
-def train_step(run, loader) -> tuple[StepSums, torch.Tensor | float | None]:
-    """``grad_accum_steps`` micro-batches from ``loader`` and one optimizer step."""
-    accelerator, model, optimizer, cfg = run.accelerator, run.model, run.optimizer, run.cfg
+def train_step(
+    batches: Iterator[Batch], *, model, objective, optimizer, scheduler, accelerator, gather: Gather, cfg: Config
+) -> tuple[StepSums, torch.Tensor | float | None]:
+    """``cfg.train.grad_accum_steps`` micro-batches from ``batches`` and one optimizer step of
+    ``model`` (prepared by ``accelerator``); the step's sums and its gradient norm before clipping."""
     sums = StepSums(accelerator.device)
     grad_norm = None
     for _ in range(cfg.train.grad_accum_steps):
-        batch = next(loader)
+        batch = next(batches)
         with accelerator.accumulate(model):
-            loss = compute_loss(model, batch, run.objective, cfg, accelerator.device, run.gather)
+            loss, batch = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 grad_norm = clip_gradients(accelerator, model, cfg)
             optimizer.step()
             optimizer.zero_grad()
-        sums.add(loss, batch)
-    run.scheduler.step()
+        sums.add(loss, batch.counts)
+    scheduler.step()
     if grad_norm is None:  # DeepSpeed before Accelerate saw a norm: ask the engine itself
         grad_norm = deepspeed_grad_norm(model)
     return sums, grad_norm

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mst5_dist import distributed, encoding, objectives
+from mst5_dist.batch import Batch
 from mst5_dist.collate import BatchCollator
 from mst5_dist.config import load_config
 from mst5_dist.data import read_jsonl
@@ -94,20 +95,20 @@ def main() -> None:
             batch = collator(rows[micro * G : (micro + 1) * G][rank * local : (rank + 1) * local])
             if args.fault and cfg.loss.chunk_tokens is not None:
                 break_on_purpose(batch, args.fault)
-            planned.append(accelerator.gather(torch.tensor([batch["chunks"]], device=accelerator.device)).tolist())
+            planned.append(accelerator.gather(torch.tensor([batch.counts.chunks], device=accelerator.device)).tolist())
             if deepspeed:
                 # The engine itself: accelerator.backward would also run engine.step() at the
                 # boundary, and the gradients must be read between backward and step.
-                loss = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
+                loss, batch = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
                 model.backward(loss)
                 if micro < A - 1:
                     model.step()  # not a boundary: only advances DeepSpeed's micro-step counter
             else:
                 with accelerator.accumulate(model):
-                    loss = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
+                    loss, batch = compute_loss(model, batch, objective, cfg, accelerator.device, gather)
                     accelerator.backward(loss)
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-            chunk_counts.append(batch["chunks"])
+            chunk_counts.append(batch.counts.chunks)
         if deepspeed:
             from deepspeed.utils import safe_get_full_grad
 
@@ -133,9 +134,9 @@ def main() -> None:
     os._exit(0)
 
 
-def break_on_purpose(batch: dict, fault: str) -> None:
+def break_on_purpose(batch: Batch, fault: str) -> None:
     """The negative controls: a chunker that forgets the input order, or pads with mask 1."""
-    chunked = batch["encode"]
+    chunked = batch.encode
     if fault == "order":
         chunked.restore = None
     else:
