@@ -11,7 +11,7 @@ import os
 import sys
 
 from mst5_dist import logs
-from mst5_dist.commands import AddArguments, Run, add_command, exit_now, parse
+from mst5_dist.commands import AddArguments, Parser, Run, add_command, exit_now, parse, positive_int
 from mst5_dist.errors import run_command
 
 
@@ -27,7 +27,7 @@ def _build_tiny(args: argparse.Namespace) -> int:
 
 def _build_tiny_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="runs/tiny-mt5", help="folder to write")
-    p.add_argument("--vocab-size", type=int, default=2000, help="SentencePiece pieces (upper bound)")
+    p.add_argument("--vocab-size", type=positive_int, default=2000, help="SentencePiece pieces (upper bound)")
 
 
 def commands() -> list[tuple[str, str, AddArguments, Run]]:
@@ -60,7 +60,7 @@ def commands() -> list[tuple[str, str, AddArguments, Run]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mst5", description="m-ST5 sentence encoder training and export")
+    parser = Parser(prog="mst5", description="m-ST5 sentence encoder training and export")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text, add_arguments, run in commands():
         add_command(sub, name, help_text, add_arguments, run)

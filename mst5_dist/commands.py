@@ -13,6 +13,40 @@ AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's rule for bad input: exit 2 and ONE line on stderr (the option
+    and what is wrong with it), not the usage block. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str, kind: type, what: str, ok: Callable[[float], bool]):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    # NaN and infinities are never a count, a size or a duration; neither is zero or less.
+    if value is None or value != value or value in (float("inf"), float("-inf")) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type of every count and size option (``--batch-size``, ``--limit``, ...): 1 or more."""
+    return _number(text, int, "a positive integer", lambda v: v >= 1)
+
+
+def positive_float(text: str) -> float:
+    """argparse type of every duration option (``--timeout``): a finite number above 0."""
+    return _number(text, float, "a positive number", lambda v: v > 0)
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a threshold or other real-valued option: any finite number (not NaN)."""
+    return _number(text, float, "a finite number", lambda v: True)
+
+
 def add_command(sub, name: str, help_text: str, add_arguments: AddArguments, run: Run) -> argparse.ArgumentParser:
     """A subcommand of ``mst5`` with its own arguments plus ``--log-level`` / ``--log-all-ranks``."""
     p = sub.add_parser(name, help=help_text)
@@ -37,7 +71,7 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 
 def standalone_main(prog: str, description: str, add_arguments: AddArguments, run: Run, argv=None) -> int:
     """``python -m MODULE ...``: the same arguments as the subcommand, logging configured, then run."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = Parser(prog=prog, description=description)
     add_arguments(parser)
     logs.add_arguments(parser)
     args = parse(parser, argv)

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from mst5_dist.commands import Parser, positive_float
 from mst5_dist.files import read_jsonl
 from mst5_dist.layout import FINAL_DIR, TRAIN_LOG, checkpoint_dirs, checkpoint_step
 
@@ -261,7 +262,7 @@ def resumable(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mst5_dist.slurm", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m mst5_dist.slurm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("hosts", help="expand a hostlist, one host per line")
     p.add_argument("nodelist", nargs="?", default=None)
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("main-port", help="rendezvous port of this job")
     p = sub.add_parser("supervise", help="run a launch line, forwarding stop signals to its workers")
     p.add_argument("--dry-run", action="store_true", help="print the command (as this node expands it) and exit 0")
-    p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--ready-timeout", type=positive_float, default=600.0)
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p = sub.add_parser("resumable", help="exit 0 if the run's output dir resumes without losing a step")
     p.add_argument("train_args", nargs=argparse.REMAINDER)

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mst5_dist.commands import positive_float
 from mst5_dist.errors import run_command
 from mst5_dist.files import file_sha256
 
@@ -87,5 +88,5 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     d = dsub.add_parser("download", help="fetch evaluation sets (tatoeba, sts17, stsb-multi-mt, ...) with checksums")
     d.add_argument("names", nargs="+", help="data set names, or 'all'")
     d.add_argument("--dest", default=str(DEFAULT_DEST), help="folder to fill (default: $MST5_EVAL_DATA or ~/.cache)")
-    d.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    d.add_argument("--timeout", type=positive_float, default=30.0, help="seconds per request")
     d.set_defaults(func=_run)

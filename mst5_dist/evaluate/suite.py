@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mst5_dist.commands import finite_float, positive_int
 from mst5_dist.errors import BadInput, run_command
 from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
 from mst5_dist.evaluate.embedder import CachedEmbedder, encode_routed
@@ -39,7 +40,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="folder with tatoeba/, sts17/, stsb-multi-mt/, ...")
     p.add_argument("--output", default="results.json", help="JSON file to write")
     p.add_argument("--name", default=None, help="row label in the tables (default: model folder name)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--cache-dir", default=None, help="embedding cache folder (default: none)")
     p.add_argument("--onnx-variant", default=None, help="ONNX export: fp32, fp16 or int8 (default: its primary one)")
@@ -49,13 +50,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="modular model: auto = language module alone on monolingual data, plus CLA on cross-lingual",
     )
-    p.add_argument("--limit", type=int, default=None, help="first N items of every dataset (quick runs)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N items of every dataset (quick runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--tatoeba-langs", default="all", help="ISO/LASER codes or tatoeba14, tatoeba36, table2, all")
     p.add_argument("--tatoeba-margin", action="store_true", help="also report ratio-margin (k=4) xSIM error")
     p.add_argument("--bucc-langs", default="zh", help="BUCC source languages (pairs xx-en)")
     p.add_argument("--bucc-split", default="dev", help="BUCC split to evaluate")
-    p.add_argument("--bucc-threshold", type=float, default=None, help="transfer this threshold (else oracle)")
+    p.add_argument("--bucc-threshold", type=finite_float, default=None, help="transfer this threshold (else oracle)")
     p.add_argument("--bucc-threshold-from", default=None, help="split to tune the threshold on (transfer)")
     p.add_argument("--sts17-tracks", default=",".join(sts.STS17_NAMES), help="STS17 tracks (short names)")
     p.add_argument("--stsb-langs", default="en,de,es,fr,it,nl,pl,pt,ru,zh,ja", help="stsb-multi-mt languages")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mst5_dist.commands import positive_int
 from mst5_dist.errors import run_command
 from mst5_dist.interop.adapter import MST5_CARD, import_adapter
 
@@ -16,7 +17,7 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
                    help="L2-normalise embeddings (m-ST5 card: no)")  # fmt: skip
     p.add_argument("--pooling", choices=["mean", "cls"], default=MST5_CARD["pooling"])
     p.add_argument("--fast-tokenizer", action="store_true", help="use the fast tokenizer (m-ST5 card: slow)")
-    p.add_argument("--max-seq-length", type=int, default=512)
+    p.add_argument("--max-seq-length", type=positive_int, default=512)
     p.add_argument("--drop-decoder", action="store_true", help="import the encoder part of a seq2seq adapter")
     p.add_argument("--no-verify", action="store_true", help="skip loading the base to check the written adapter")
     p.add_argument("--verify-dtype", choices=["fp32", "bf16"], default="fp32")
