@@ -569,9 +569,37 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override key '{key}' must be section.key (e.g. optim.lr=1e-4)")
-    # YAML parsing gives ints, floats, bools, null and [lists]; a bare word stays a string.
-    value = yaml.safe_load(text) if text.strip() else ""
-    return parts, value
+    return parts, _override_value(item, text)
+
+
+def _override_value(item: str, text: str) -> Any:
+    """The value of override ``item`` from its text after '=': YAML gives ints, floats, bools, null
+    and [lists], a bare word stays a string. Every character the user typed counts: where YAML
+    would read a comment (``#`` at the start or after a space), the whole text is the (string)
+    value, so ``train.output_dir=/x/run #2`` is ``/x/run #2``, never ``/x/run``. A YAML tag
+    (``!!python/...``, ``!foo``, even ``!!str``) and malformed YAML are refused, naming the override."""
+    if not text.strip():
+        return ""
+    try:
+        tokens = list(yaml.scan(text))
+        if any(isinstance(t, yaml.TagToken) for t in tokens):
+            raise ConfigError(f"command line: override '{item}': YAML tags ('!...') are not accepted")
+        if _has_comment(text, tokens):
+            return text.strip()
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"command line: override '{item}': invalid YAML value ({problem})") from None
+
+
+def _has_comment(text: str, tokens: list) -> bool:
+    """Does YAML read part of ``text`` as a comment (a '#' outside every scalar, at the start or
+    after whitespace)?"""
+    inside = [(t.start_mark.index, t.end_mark.index) for t in tokens if isinstance(t, yaml.ScalarToken)]
+    for i, ch in enumerate(text):
+        if ch == "#" and (i == 0 or text[i - 1].isspace()) and not any(a <= i < b for a, b in inside):
+            return True
+    return False
 
 
 def load_config(
