@@ -53,3 +53,19 @@ def encode_source_ids(column) -> np.ndarray:
     if hasattr(column, "combine_chunks"):
         column = column.combine_chunks()
     return pc.dictionary_encode(column).indices.to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def merge_groups(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Codes of the groups joined by either key: rows equal in ``a`` or in ``b`` (integer codes)
+    end up in one group, transitively (connected components, by label propagation)."""
+    n = len(a)
+    label = np.arange(n, dtype=np.int64)
+    while True:
+        new = label
+        for key in (a, b):
+            low = np.full(int(key.max()) + 1 if n else 0, n, dtype=np.int64)
+            np.minimum.at(low, key, new)
+            new = low[key]
+        if np.array_equal(new, label):
+            return np.unique(label, return_inverse=True)[1].astype(np.int32)
+        label = new

@@ -10,7 +10,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from mst5_dist.data.rows import COLUMNS, RowChecker, arrow_schema, decoded, iter_jsonl, open_existing, rows_table
+from mst5_dist.data.rows import (
+    COLUMNS,
+    INVISIBLE,
+    RowChecker,
+    arrow_schema,
+    decoded,
+    iter_jsonl,
+    open_existing,
+    rows_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +87,8 @@ def _arrow_block(path: Path, first: int, block: bytes, need_negative: bool):
         if col.null_count:
             return None
         col = pc.utf8_trim(col, characters=_PY_WHITESPACE)
-        if pc.min(pc.utf8_length(col)).as_py() == 0:
+        # An empty or invisible-only sentence: the Python reader names its line and field.
+        if pc.min(pc.utf8_length(pc.utf8_trim(col, characters=_PY_WHITESPACE + INVISIBLE))).as_py() == 0:
             return None
         columns[name] = col
     if not need_negative:

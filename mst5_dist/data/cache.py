@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mst5_dist.config import DataConfig, config_keys
-from mst5_dist.data.arrays import arrow_column, cached_array, encode_source_ids, save_array
+from mst5_dist.data.arrays import arrow_column, cached_array, encode_source_ids, merge_groups, save_array
 from mst5_dist.data.formats import Format, chunks, get
 from mst5_dist.data.formats.base import require_rows
 from mst5_dist.data.rows import ReadReport, RowChecker, arrow_schema
@@ -32,9 +32,21 @@ def _cache_key(reader: Format, cfg: DataConfig, seed: int, need_negative: bool) 
         if path.exists():
             files = sorted(path.rglob("*")) if path.is_dir() else [path]
             for f in files:
-                st = f.stat()
-                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+                h.update(f"{f}:{_file_identity(f)}".encode())
     return h.hexdigest()[:24]
+
+
+def _file_identity(path: Path) -> str:
+    """What says a file's content may have changed, without reading it: size, mtime, ctime and
+    inode. Size and mtime alone missed a same-size edit whose old mtime was put back (``cp -p``,
+    ``tar``, ``rsync -a`` and ``touch -d`` all restore mtime); the kernel sets ctime on every
+    write and metadata change and no user call can set it back, and a file replaced by another
+    (rename, ``rsync`` without ``--inplace``) has a new inode. Hashing the bytes was the other
+    choice: it reads the whole data at every start of every rank (sha256: 0.11 s per 100 MB from
+    the page cache on one core, far more from a cold shared disk) only to spare a rebuild after
+    a ctime-only change (``chmod``, ``touch``, a copy), which costs one parse and is never wrong."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
 
 
 def _cache_dir(reader: Format, cfg: DataConfig, seed: int, need_negative: bool) -> Path:
@@ -77,7 +89,7 @@ def _load_into(target: Path, reader: Format, cfg: DataConfig, seed: int, need_ne
         # Written to a temporary folder and renamed when complete: an interrupted run leaves no
         # half-written cache that a later run would trust.
         ds.save_to_disk(str(tmp))
-        save_array(tmp / SOURCE_CODES, encode_source_ids(arrow_column(ds, "source_id")))
+        save_array(tmp / SOURCE_CODES, batch_groups(ds))
         del ds  # release the scratch copy's memory map before moving or deleting it
         if not (target / "dataset_info.json").is_file():
             shutil.rmtree(target, ignore_errors=True)
@@ -117,4 +129,36 @@ def source_codes(dataset, cache_dir: Path | None = None) -> np.ndarray:
     """The ``source_id`` column as int32 codes, read from ``cache_dir`` (where ``load_dataset``
     writes them) when given."""
     path = None if cache_dir is None else Path(cache_dir) / SOURCE_CODES
-    return cached_array(path, len(dataset), lambda: encode_source_ids(arrow_column(dataset, "source_id")))
+    return cached_array(path, len(dataset), lambda: batch_groups(dataset))
+
+
+def _row_digests(dataset) -> np.ndarray:
+    """A 64-bit digest of each row's (anchor, positive, negative), block by block (memory: a block)."""
+    digests = np.empty(len(dataset), dtype=np.uint64)
+    table, start = dataset.with_format("arrow")[:], 0
+    for batch in table.to_batches(max_chunksize=1 << 16):
+        for i, row in enumerate(zip(*(batch.column(c).to_pylist() for c in ("anchor", "positive", "negative")))):
+            text = "\x00".join("\x01" if x is None else x for x in row).encode("utf-8")
+            digests[start + i] = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+        start += batch.num_rows
+    return digests
+
+
+def batch_groups(dataset) -> np.ndarray:
+    """The sampler's groups (no two rows of a group in one batch): rows sharing a source id, joined
+    with rows that repeat another row exactly. An exact repeat in the batch of its twin is an
+    in-batch false negative (its positive is the twin's too): the loss would push the anchor away
+    from its own positive. Repeats are kept, not dropped (a file repeated on purpose oversamples
+    it), and reported once, when the cache is built. A digest collision (2^-64) only joins two
+    groups, which is harmless."""
+    sources = encode_source_ids(arrow_column(dataset, "source_id"))
+    content = np.unique(_row_digests(dataset), return_inverse=True)[1]
+    repeats = len(content) - int(content.max() + 1 if len(content) else 0)
+    if not repeats:
+        return sources
+    logger.warning(
+        "%d rows repeat another row exactly (anchor, positive and negative): they are kept, and never "
+        "put in the batch of their twin (an in-batch false negative)",
+        repeats,
+    )
+    return merge_groups(sources, content)

@@ -21,6 +21,29 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# Characters that show nothing: zero-width spaces and joiners, word joiner, byte-order mark, bidi
+# and other format controls, variation selectors, Hangul fillers, tag characters, C0/C1 controls
+# (the Default_Ignorable_Code_Point set plus controls). A sentence of only these and whitespace is
+# empty: its embedding would be the model's embedding of nothing. The block reader trims the same.
+INVISIBLE = (
+    "".join(map(chr, [*range(0x00, 0x09), *range(0x0E, 0x1C), *range(0x7F, 0x85), *range(0x86, 0xA0)]))
+    + "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f"
+    + "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    + "\u2060\u2061\u2062\u2063\u2064\u2065\u2066\u2067\u2068\u2069\u206a\u206b\u206c\u206d\u206e\u206f"
+    + "\u3164\ufeff\uffa0\ufff0\ufff1\ufff2\ufff3\ufff4\ufff5\ufff6\ufff7\ufff8"
+    + "".join(map(chr, [*range(0xFE00, 0xFE10), *range(0x1BCA0, 0x1BCA4), *range(0x1D173, 0x1D17B)]))
+    + "".join(map(chr, [*range(0xE0000, 0xE1000)]))
+)
+
+
+_VISIBLE = re.compile(f"[^\\s{re.escape(INVISIBLE)}]")  # \s: what str.strip() removes
+
+
+def is_blank(value: str) -> bool:
+    """Nothing visible: only whitespace and ``INVISIBLE`` characters."""
+    return _VISIBLE.search(value) is None
+
+
 def unicode_problem(value: str) -> str | None:
     if _UNDECODABLE.search(value):
         return "contains bytes that are not valid UTF-8"
@@ -64,8 +87,10 @@ class RowChecker:
         if problem:
             self.fail(path, line, fieldname, problem)
             return None
-        if not value.strip():
-            self.fail(path, line, fieldname, "empty sentence")
+        if is_blank(value):
+            self.fail(
+                path, line, fieldname, "empty sentence" + ("" if not value.strip() else " (only invisible characters)")
+            )
             return None
         return value.strip()
 
