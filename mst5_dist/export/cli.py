@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from mst5_dist.commands import positive_int
 from mst5_dist.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInput, run_command
 from mst5_dist.export.int8 import RECIPE_NAMES
 from mst5_dist.files import atomic_write_bytes
 
+logger = logging.getLogger(__name__)
 __all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "read_texts", "run_embed", "run_export"]
 
 
@@ -30,7 +34,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         "that passes the gate; a name forces that one",
     )
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer optimizer")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--triton", action="store_true", help="also write a Triton model repository under OUTPUT/triton")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument(
@@ -51,7 +55,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="default: the export's primary; fp32_optimized: the ORT-optimised fp32 graph, when the export kept it",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--field", default="text", help="JSONL field holding the text (default: text)")
     p.add_argument("--lang", default=None, help="modular export: the texts' language code (routes by manifest.json)")
     p.add_argument(
@@ -105,12 +109,18 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
                 row = row[field]
             if not isinstance(row, str):
                 raise BadInput(f"{path}:{n}: expected a string or an object with '{field}'")
+            try:
+                row.encode("utf-8")
+            except UnicodeEncodeError:  # a "\ud800" JSON escape: not text any tokenizer takes
+                raise BadInput(
+                    f"{path}:{n}: field '{field}': contains a lone surrogate escape (not valid Unicode)"
+                ) from None
             texts.append(row)
     return texts
 
 
-def _embed(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, str]:
-    """(embeddings, what served them) for a plain or a modular export."""
+def _embedder(args: argparse.Namespace) -> tuple[Callable[[list[str]], np.ndarray], str]:
+    """(texts -> embeddings, what serves them) for a plain or a modular export."""
     from mst5_dist.export.runtime import OnnxEmbedder
     from mst5_dist.modular.onnx import OnnxModularEmbedder, is_modular_export
 
@@ -120,12 +130,34 @@ def _embed(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, str]
             raise BadInput(f"{args.model} is a modular export: pass --lang (one of {', '.join(routed.languages)})")
         if args.monolingual and f"mono:{args.lang}" not in routed.sessions:
             raise BadInput(f"{args.model}: no monolingual graph for '{args.lang}' (export with --monolingual)")
-        emb = routed.encode(texts, args.batch_size, lang=args.lang, cross_lingual=not args.monolingual)
-        return emb, f"{args.lang} module"
+        cross = not args.monolingual
+        return lambda texts: routed.encode(texts, args.batch_size, lang=args.lang, cross_lingual=cross), (
+            f"{args.lang} module"
+        )
     if args.lang is not None:
         raise BadInput(f"--lang {args.lang}: {args.model} is not a modular export (no modular manifest.json)")
     embedder = OnnxEmbedder(args.model, provider=args.provider, variant=args.variant)
-    return embedder.encode(texts, batch_size=args.batch_size), embedder.variant
+    return lambda texts: embedder.encode(texts, batch_size=args.batch_size), embedder.variant
+
+
+PROGRESS_STEPS = 20  # a long input is embedded in this many parts, each reported on stderr
+
+
+def _embed(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, str]:
+    """(embeddings, what served them). An input of more than 16 batches goes in parts (at least
+    16 batches each, at most ``PROGRESS_STEPS`` parts), each part done logged: 200,000 lines
+    take minutes, which must not look like a hang."""
+    embed, served_by = _embedder(args)
+    part = max(16 * args.batch_size, -(-len(texts) // PROGRESS_STEPS))
+    if len(texts) <= part:
+        return embed(texts), served_by
+    logger.info("embedding %d texts in %d parts", len(texts), -(-len(texts) // part))
+    done: list[np.ndarray] = []
+    for start in range(0, len(texts), part):
+        done.append(embed(texts[start : start + part]))
+        n = min(start + part, len(texts))
+        logger.info("embedded %d/%d texts (%d%%)", n, len(texts), 100 * n // len(texts))
+    return np.concatenate(done), served_by
 
 
 def run_embed(args: argparse.Namespace) -> int:
