@@ -137,12 +137,12 @@ def mt5_config(size: str) -> Any:
 
 def encoder_parameters(run: Path, base: str) -> tuple[int, str] | None:
     """(count, source) of the encoder's parameters, or None when neither a config nor a known name is found."""
-    from transformers import AutoConfig
+    from mst5_dist.model.loading import load_config
 
     candidates = [run / "final" / "config.json", run / "config.json", Path(base) / "config.json"]
     for path in candidates:
         if path.is_file():
-            return _count_encoder(AutoConfig.from_pretrained(str(path.parent))), str(path)
+            return _count_encoder(load_config(path.parent)), str(path)
     m = _MT5_NAME.search(base.rstrip("/"))
     if m:
         size = m.group(1).lower()

@@ -12,6 +12,7 @@ from mst5_dist.export.onnx_graph import model_files
 from mst5_dist.files import fingerprint
 from mst5_dist.layout import EXPORT_REPORT
 from mst5_dist.model.batching import encode_batched
+from mst5_dist.model.loading import load_pretrained_tokenizer
 
 REPORT_FILE = EXPORT_REPORT
 __all__ = ["REPORT_FILE", "OnnxEmbedder", "ProviderUnavailable", "fingerprint"]
@@ -57,7 +58,6 @@ class OnnxEmbedder:
 
     def __init__(self, export_dir: str | Path, provider: str = "cpu", variant: str | None = None) -> None:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         self.export_dir = Path(export_dir)
         report_file = self.export_dir / REPORT_FILE
@@ -93,7 +93,7 @@ class OnnxEmbedder:
         self.session = ort.InferenceSession(
             str(self.model_path), opts, providers=[p for p in PROVIDERS[provider] if p in available]
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.export_dir))
+        self.tokenizer = load_pretrained_tokenizer(self.export_dir, None)
         self.max_seq_length = _max_seq_length(self.export_dir, report)
         self.dim = int(report["embedding_dim"])
 

@@ -36,6 +36,7 @@ from mst5_dist.errors import ModelError
 from mst5_dist.families import T5_FAMILY
 from mst5_dist.files import atomic_dir, file_sha256, write_json
 from mst5_dist.model.backbone import encoder_class
+from mst5_dist.model.loading import load_config, load_pretrained_tokenizer
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modelcard import ADAPTER_CONFIG, IMPORT_REPORT, write_model_card
 
@@ -193,9 +194,8 @@ def expected_lora_shapes(base: str, lora_cfg: Any) -> tuple[dict[str, tuple[int,
 
     Built on the meta device from the config alone (no weights read)."""
     from peft import get_peft_model
-    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(base)
+    config = load_config(base)
     if config.model_type not in T5_FAMILY:
         raise InteropError(f"{base}: model type {config.model_type}; the m-ST5 adapter needs a T5-family base")
     cls = encoder_class(config.model_type)
@@ -273,13 +273,12 @@ def _peft_config(cfg: dict[str, Any], base: str):
 def _write_adapter(tmp: Path, mapped: dict[str, torch.Tensor], lora_cfg: Any, base: str, meta: EncoderMeta) -> None:
     """Adapter tensors (read back and compared), adapter config, tokenizer, sentence_encoder.json."""
     from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
 
     tmp.mkdir(parents=True)
     file_tensors = {PEFT_PREFIX + m: t.detach().contiguous() for m, t in sorted(mapped.items())}
     save_file(file_tensors, str(tmp / SAFE_WEIGHTS), metadata={"format": "pt"})
     lora_cfg.save_pretrained(str(tmp))
-    AutoTokenizer.from_pretrained(base, use_fast=meta.tokenizer_use_fast).save_pretrained(str(tmp))
+    load_pretrained_tokenizer(base, meta.tokenizer_use_fast).save_pretrained(str(tmp))
     meta.write(tmp)
     written = load_file(str(tmp / SAFE_WEIGHTS))
     if set(written) != set(file_tensors) or any(not torch.equal(written[k], v) for k, v in file_tensors.items()):

@@ -11,6 +11,7 @@ from torch import nn
 
 from mst5_dist.errors import ModelError
 from mst5_dist.files import file_sha256
+from mst5_dist.model.loading import check_adapter_folder, load_adapter
 from mst5_dist.model.meta import EncoderMeta
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -73,21 +74,21 @@ def weights_provenance(meta: EncoderMeta) -> list[str]:
     return [e["absolute"] if isinstance(e, dict) else e for e in meta.merged_into_weights]
 
 
+def check_stack_folder(folder: str, base: str) -> None:
+    """An adapter to merge: one of our LoRA folders (safetensors, no custom code) of ``base``."""
+    other = EncoderMeta.read_or_none(folder)
+    if other is None or not other.adapter:
+        raise ModelError(f"{folder}: not a LoRA adapter folder written by mst5 (merge_adapters takes those)")
+    if other.merged_adapters:
+        raise ModelError(f"{folder}: is itself trained on merged adapters; stacks deeper than one are not supported")
+    if not same_model(str(other.base_model), str(base)):
+        raise ModelError(f"{folder}: adapter of base {other.base_model!r}, but this model's base is {base!r}")
+    check_adapter_folder(folder)
+
+
 def merge_adapter_stack(backbone: nn.Module, adapters: list[str], base: str) -> nn.Module:
     """Merge each LoRA adapter folder into the weights, in order (W + B1 A1 + B2 A2 + ...)."""
-    if not adapters:
-        return backbone
-    from peft import PeftModel
-
     for folder in adapters:
-        other = EncoderMeta.read_or_none(folder)
-        if other is None or not other.adapter:
-            raise ModelError(f"{folder}: not a LoRA adapter folder written by mst5 (merge_adapters takes those)")
-        if other.merged_adapters:
-            raise ModelError(
-                f"{folder}: is itself trained on merged adapters; stacks deeper than one are not supported"
-            )
-        if not same_model(str(other.base_model), str(base)):
-            raise ModelError(f"{folder}: adapter of base {other.base_model!r}, but this model's base is {base!r}")
-        backbone = PeftModel.from_pretrained(backbone, folder).merge_and_unload()
+        check_stack_folder(folder, base)
+        backbone = load_adapter(backbone, folder).merge_and_unload()
     return backbone

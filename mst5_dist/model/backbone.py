@@ -13,6 +13,13 @@ from torch import nn
 from mst5_dist.errors import ModelError
 from mst5_dist.families import T5_FAMILY, family
 from mst5_dist.files import read_json
+from mst5_dist.model.loading import (
+    check_encoder,
+    first_line,
+    load_config,
+    load_pretrained_tokenizer,
+    load_pretrained_weights,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Config fields that set dropout, per family (names a config lacks are skipped).
@@ -30,11 +37,6 @@ def encoder_class(model_type: str):
     import transformers
 
     return getattr(transformers, family(model_type).encoder_class)
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def weights_file(name_or_path: str) -> str:
@@ -69,14 +71,13 @@ def load_backbone(
     attn_implementation: str | None = None,
     dropout: float | None = None,
 ) -> nn.Module:
-    """The encoder stack only: ``*EncoderModel`` for T5-family configs, ``AutoModel`` otherwise."""
-    from transformers import AutoConfig, AutoModel
+    """The encoder stack only: ``*EncoderModel`` for T5-family configs, ``AutoModel`` otherwise
+    (through ``model.loading``: no custom code, safetensors only, encoders only)."""
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{name_or_path}: not a model folder nor a reachable model name ({first_line(e)})") from None
+    config = load_config(name_or_path)
+    check_encoder(config, name_or_path)
     kwargs = _backbone_kwargs(config, name_or_path, dtype, attn_implementation, dropout)
     cls = encoder_class(config.model_type)
     if cls is AutoModel and getattr(config, "is_encoder_decoder", False):
@@ -85,7 +86,9 @@ def load_backbone(
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return cls.from_pretrained(name_or_path, **kwargs)
+        return load_pretrained_weights(cls, name_or_path, **kwargs)
+    except ModelError:
+        raise
     except Exception as e:  # a truncated or foreign weights file: name it, not a traceback from safetensors
         raise ModelError(f"{weights_file(name_or_path)}: cannot load the model weights ({first_line(e)})") from None
     finally:
@@ -120,12 +123,7 @@ def check_tokenizer(tokenizer: Any, folder: str, vocab_rows: int | None = None) 
 
 def load_tokenizer(folder: str, use_fast: bool, vocab_rows: int | None) -> Any:
     """The folder's tokenizer, checked against real text and the embedding table."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=use_fast)
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelError(f"{folder}: cannot load its tokenizer ({first_line(e)})") from None
+    tokenizer = load_pretrained_tokenizer(folder, use_fast)
     check_tokenizer(tokenizer, folder, vocab_rows)
     return tokenizer
 

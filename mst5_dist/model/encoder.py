@@ -15,9 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mst5_dist.errors import ModelError
-from mst5_dist.model.adapters import merge_adapter_stack, resolve_stack, stack_entry, weights_provenance
+from mst5_dist.model.adapters import (
+    check_stack_folder,
+    merge_adapter_stack,
+    resolve_stack,
+    stack_entry,
+    weights_provenance,
+)
 from mst5_dist.model.backbone import load_backbone, load_tokenizer, sentence_transformers_settings
 from mst5_dist.model.batching import encode_batched
+from mst5_dist.model.loading import check_adapter_folder, check_positions, load_adapter, load_config, refuse_custom_code
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.model.pooling import check_pooling, packed_mean_pool, pool, segment_mask
 
@@ -39,15 +46,27 @@ def _load_weights(path: Path, meta: EncoderMeta, new: list[str], is_trainable: b
     stack merged in (rebuilt exactly); full weights already hold what was merged into them
     (provenance only: merging again would add each update twice)."""
     if meta.adapter:
-        from peft import PeftModel
-
         stack = resolve_stack(meta, path) + new
         base = meta.base_model
         backbone = merge_adapter_stack(load_backbone(base, **load), stack, base)
-        return PeftModel.from_pretrained(backbone, str(path), is_trainable=is_trainable), base, stack
+        return load_adapter(backbone, path, is_trainable=is_trainable), base, stack
     base = meta.base_model or str(path)
     backbone = merge_adapter_stack(load_backbone(str(path), **load), new, base)
     return backbone, base, weights_provenance(meta) + new
+
+
+def _check_before_weights(path: Path, meta: EncoderMeta, new: list[str], max_seq_length: int) -> None:
+    """What can be refused from the folders' small files alone, before any weights load: custom
+    code in the folder, its base or an adapter to merge; pickle adapters; too long a max_seq_length."""
+    refuse_custom_code(path)
+    if meta.adapter and not meta.base_model:
+        raise ModelError(f"{path}: sentence_encoder.json records an adapter but no 'base_model'")
+    weights = meta.base_model if meta.adapter else str(path)
+    check_positions(load_config(weights), max_seq_length, weights)
+    for folder in new:
+        check_stack_folder(folder, meta.base_model or str(path))
+    if meta.adapter:
+        check_adapter_folder(path)
 
 
 class SentenceEncoder(nn.Module):
@@ -103,6 +122,7 @@ class SentenceEncoder(nn.Module):
         settings = _settings(path, meta, overrides)
         use_fast = tokenizer_use_fast if tokenizer_use_fast is not None else meta.tokenizer_use_fast is not False
         new = [str(Path(p).resolve()) for p in merge_adapters or []]
+        _check_before_weights(path, meta, new, int(settings["max_seq_length"]))
         load = {"dtype": dtype, "attn_implementation": attn_implementation, "dropout": dropout}
         backbone, base, stack = _load_weights(path, meta, new, is_trainable, **load)
         rows = backbone.get_input_embeddings().num_embeddings

@@ -18,6 +18,7 @@ from mst5_dist.errors import ModelError
 from mst5_dist.files import fingerprint
 from mst5_dist.layout import META_FILE
 from mst5_dist.model import SentenceEncoder, load_backbone, resolve_stack, same_model
+from mst5_dist.model.loading import load_adapter, load_pretrained_tokenizer
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modular.manifest import MANIFEST, read_manifest
 
@@ -55,9 +56,6 @@ class ModularEncoder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: str = "fp32", device: str | None = None) -> ModularEncoder:
-        from peft import PeftModel
-        from transformers import AutoTokenizer
-
         path = Path(path)
         manifest = read_manifest(path)
         pivot, langs = manifest["pivot_language"], manifest["languages"]
@@ -88,13 +86,10 @@ class ModularEncoder:
         modules: dict[str, list[str]] = {}
         for (lang, stage), (folder, _) in metas.items():
             name = f"{stage}_{lang}"
-            if not isinstance(backbone, PeftModel):
-                backbone = PeftModel.from_pretrained(backbone, str(folder), adapter_name=name)
-            else:
-                backbone.load_adapter(str(folder), adapter_name=name)
+            backbone = load_adapter(backbone, folder, adapter_name=name)
             modules.setdefault(lang, []).append(name)
         use_fast = first.tokenizer_use_fast is not False
-        tokenizer = AutoTokenizer.from_pretrained(str(first_dir), use_fast=use_fast)
+        tokenizer = load_pretrained_tokenizer(first_dir, use_fast)
         encoder = SentenceEncoder(
             backbone,
             tokenizer,
