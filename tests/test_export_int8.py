@@ -44,14 +44,38 @@ def op_counts(path: Path) -> dict[str, int]:
 # ------------------------------------------------------------------ int8 recipe choice (tiny mT5)
 
 
-def test_first_passing_recipe_is_kept_and_scratch_removed(tiny_onnx, tiny_probe, tmp_path):
+# Every graph passes a gate that asks only for finite outputs (a cosine is never below -1), so which
+# recipe passes is set by the case, not by how well a random tiny model happens to quantise.
+LENIENT = Thresholds(min_cos=-1.0, retrieval=None)
+
+
+def failing_first(gate, fails: int):
+    """``gate``, except that its first ``fails`` calls fail (a recipe the case rules out)."""
+    calls = []
+
+    def gated(path):
+        calls.append(path)
+        if len(calls) <= fails:
+            raise GateFailed("ruled out by the test", {"embedding_min_cos": 0.0, "retrieval_top1_agreement": 0.0})
+        return gate(path)
+
+    return gated
+
+
+@pytest.mark.parametrize(("fails", "kept"), [(0, "per_channel"), (1, "per_channel_matmul")])
+def test_first_passing_recipe_is_kept_and_scratch_removed(tiny_onnx, tiny_probe, tmp_path, fails, kept):
+    """The first recipe that passes is written and nothing after it is tried; the scratch folder goes."""
     dst, scratch = tmp_path / "model_qint8.onnx", tmp_path / "trials"
-    choice = int8_mod.choose_int8(tiny_onnx / "onnx/model.onnx", dst, scratch, gate_fn(tiny_probe, "int8"))
-    first = choice["candidates"][0]
-    # On the tiny mT5 the fastest recipe already passes: nothing else is tried.
-    assert first["recipe"] == "per_channel" and first["passed"] and len(choice["candidates"]) == 1
-    assert choice["recipe"]["name"] == "per_channel" and choice["recipe"]["keep_fp32"] == []
+    gate = failing_first(gate_fn(tiny_probe, "int8", LENIENT), fails)
+    choice = int8_mod.choose_int8(tiny_onnx / "onnx/model.onnx", dst, scratch, gate)
+    assert [(c["recipe"], c["passed"]) for c in choice["candidates"]] == [
+        *[("per_channel", False)] * fails, (kept, True)
+    ]  # fmt: skip
+    assert choice["recipe"]["name"] == kept and choice["recipe"]["keep_fp32"] == []
     assert op_counts(dst).get("MatMulInteger", 0) > 0 and not scratch.exists()
+    # The written graph is the kept recipe's: per_channel also quantises the embedding table (its
+    # Gather reads an int8 table through DequantizeLinear); MatMul-only leaves it fp32.
+    assert (op_counts(dst).get("DequantizeLinear", 0) > 0) == (kept == "per_channel")
 
 
 def test_ladder_keeps_families_fp32_and_names_the_closest(tiny_onnx, tiny_probe, tmp_path):
