@@ -8,6 +8,8 @@ import pytest
 from mst5_dist import config as config_module
 from mst5_dist.config import Config, ConfigError, load_config
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 

@@ -5,6 +5,8 @@ from mst5_dist.config import LoraConfig
 from mst5_dist.lora import apply_lora, count_parameters
 from mst5_dist.model import ModelError, SentenceEncoder, mean_pool
 
+pytestmark = pytest.mark.unit
+
 MULTILINGUAL = [
     "The weather is nice today.",
     "Das Wetter ist heute schön.",
