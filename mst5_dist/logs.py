@@ -35,14 +35,32 @@ class MainProcessFilter(logging.Filter):
         return self.all_ranks or _env_rank("LOCAL_RANK") == 0
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was at ``configure``: a
+    caller that swaps stderr (a test capturing it, an in-process ``main``) and closes its stream
+    later must not leave our handler writing to a closed file ("I/O operation on closed file")."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure(level: str = "INFO", *, all_ranks: bool | None = None, stream=None) -> None:
-    """One stderr handler on the ``mst5_dist`` logger (replacing an earlier one of ours)."""
+    """One handler on the ``mst5_dist`` logger (replacing an earlier one of ours): ``stream``, or
+    whatever ``sys.stderr`` is at the time of each record."""
     if all_ranks is None:
         all_ranks = os.environ.get("MST5_LOG_ALL_RANKS", "") not in ("", "0")
     logger = logging.getLogger(ROOT)
     for h in [h for h in logger.handlers if getattr(h, "_mst5", False)]:
         logger.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler._mst5 = True  # type: ignore[attr-defined]
     # The launcher sets RANK before the process starts, so it can be read once here.
     handler.setFormatter(logging.Formatter(f"[rank {_env_rank('RANK')}] %(message)s" if all_ranks else "%(message)s"))

@@ -66,6 +66,7 @@ def test_best_checkpoint_is_the_argmax_and_reproduces_its_score(tiny_base, share
     assert abs(score - best_value) <= 1e-4, (score, best_value)
 
 
+@pytest.mark.unit
 def test_keep_best_settings_are_checked(tiny_base, tmp_path, capsys):
     from mst5_dist.cli import main
 
@@ -81,6 +82,7 @@ def test_keep_best_settings_are_checked(tiny_base, tmp_path, capsys):
     assert not out.exists()  # refused before anything is written
 
 
+@pytest.mark.unit
 def test_resumed_run_must_beat_the_saved_best(tmp_path):
     cfg = load_config(None, ["eval.keep_best=true", "eval.sts_path=x.csv"])
     (tmp_path / "best").mkdir()

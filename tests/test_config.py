@@ -12,6 +12,8 @@ from mst5_dist.config import Config, ConfigError, config_keys, kinds, load_confi
 from mst5_dist.modular import config as modular_config
 from mst5_dist.modular.config import ModularRunConfig, load_modular_config
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 

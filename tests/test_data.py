@@ -19,6 +19,7 @@ from mst5_dist.data import (
 from mst5_dist.tiny_default import builtin_path
 
 
+@pytest.mark.unit
 def test_embedded_set_shape():
     rows = read_jsonl(builtin_path("tiny_nli")).rows
     assert len(rows) >= 300
@@ -28,6 +29,7 @@ def test_embedded_set_shape():
     assert len(langs) >= 5
 
 
+@pytest.mark.unit
 def test_snli_real_rows(shared_data):
     report = read_snli(shared_data / "nli" / "snli_1.0_dev.jsonl")
     assert len(report.rows) > 300
@@ -35,6 +37,7 @@ def test_snli_real_rows(shared_data):
     assert r["anchor"] and r["positive"] and r["negative"] and r["source_id"].startswith("snli:")
 
 
+@pytest.mark.unit
 def test_xnli_cross_lingual_draws_other_languages(shared_data):
     langs = ["en", "de", "ru", "zh", "ar"]
     mono = read_xnli(shared_data / "xnli", "dev", langs, cross_lingual=False, seed=0).rows
@@ -50,6 +53,7 @@ def test_xnli_cross_lingual_draws_other_languages(shared_data):
     assert mixed > 0.2 * len(cross)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("world_size", [1, 2, 4])
 def test_source_id_rule_on_real_xnli(shared_data, world_size):
     """No two rows of one source example in one GLOBAL batch, on every batch of a real run."""
@@ -68,6 +72,7 @@ def test_source_id_rule_on_real_xnli(shared_data, world_size):
         assert len({sids[i] for i in global_batch}) == len(global_batch)
 
 
+@pytest.mark.unit
 def test_sampler_is_deterministic_and_resumable():
     sids = [f"s{i // 3}" for i in range(300)]
     s = GlobalBatchSampler(sids, 16, seed=1, lengths=[i % 17 for i in range(300)])
@@ -79,6 +84,7 @@ def test_sampler_is_deterministic_and_resumable():
     assert list(s) != full
 
 
+@pytest.mark.unit
 def test_length_grouping_cuts_padding():
     rows = read_jsonl(builtin_path("tiny_nli")).rows
     sids = [r["source_id"] for r in rows]
@@ -130,6 +136,7 @@ BAD_CASES = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_input_names_file_line_field(tmp_path, case):
     fmt, content, message = BAD_CASES[case]
@@ -140,6 +147,7 @@ def test_bad_input_names_file_line_field(tmp_path, case):
         reader(path)
 
 
+@pytest.mark.unit
 def test_xnli_bad_label_and_bytes(tmp_path):
     good = "P one\tH one\tentailment\nP one\tH two\tcontradiction\n"
     (tmp_path / "dev-en.tsv").write_text(good)
@@ -151,6 +159,7 @@ def test_xnli_bad_label_and_bytes(tmp_path):
         read_xnli(tmp_path, "dev", ["en", "de"])
 
 
+@pytest.mark.unit
 def test_skip_bad_rows_reports_count(tmp_path):
     path = tmp_path / "mixed.jsonl"
     good = {"anchor": "a b", "positive": "c d", "negative": "e f"}

@@ -92,6 +92,7 @@ SAMPLER_CASES = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(SAMPLER_CASES))
 def test_sampler_contract(name):
     n, per, g, world, bb, lengths, seed = SAMPLER_CASES[name]
@@ -111,6 +112,7 @@ def test_sampler_contract(name):
         assert kept > 0
 
 
+@pytest.mark.unit
 def test_string_ids_and_codes_give_the_same_order():
     codes, lengths = _case(900, 15, 3)
     as_codes = GlobalBatchSampler(codes * 7 + 1000, 32, seed=4, lengths=lengths).global_batches(0)
@@ -171,6 +173,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_property_checker_catches_a_broken_sampler(name):
     """Negative controls: each deliberately broken variant is caught, and names its rule."""
@@ -184,6 +187,7 @@ def test_property_checker_catches_a_broken_sampler(name):
     assert any(v.startswith(rule) for v in violations), violations
 
 
+@pytest.mark.unit
 def test_final_check_breaks_up_batches_the_rounds_could_not_fix(monkeypatch):
     """With the repeat-pushing rounds switched off, the final check alone still keeps the rule."""
     codes, _ = _case(30_000, 15, 0)
@@ -195,6 +199,7 @@ def test_final_check_breaks_up_batches_the_rounds_could_not_fix(monkeypatch):
     assert s.dropped > 0  # the repeats it could not fix cost rows instead
 
 
+@pytest.mark.unit
 def test_length_grouping_keeps_batches_narrow():
     """Rows of a batch come from a narrow length range (their bucket, sorted): far narrower than
     ungrouped batches of the same rows."""
@@ -209,6 +214,7 @@ def test_length_grouping_keeps_batches_narrow():
     assert grouped < 0.25 * plain, (grouped, plain)
 
 
+@pytest.mark.unit
 def test_sampler_uses_arrays_not_per_row_objects():
     """2 x 10^5 rows (a tenth of XNLI): codes stay a numpy array; an epoch is one array."""
     codes, lengths = _case(200_000, 15, 2)
@@ -219,6 +225,7 @@ def test_sampler_uses_arrays_not_per_row_objects():
     assert not repeated_in_rows(codes[batches]).any()
 
 
+@pytest.mark.unit
 def test_datasets_column_is_read_once_through_arrow(tmp_path):
     """Given the lazy ``datasets.Column`` (the old cause of the superlinear start-up), the
     sampler takes the Arrow column once instead of reading item by item."""
@@ -289,6 +296,7 @@ def _block_reader(path, tmp_path, skip_bad, need_negative=True, max_rows=None):
     return "rows", ds.to_list()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("skip_bad", [False, True])
 @pytest.mark.parametrize("name", sorted([*READER_CASES, *READER_BYTES]))
 def test_block_reader_equals_the_python_reader(tmp_path, monkeypatch, name, skip_bad):
@@ -298,6 +306,7 @@ def test_block_reader_equals_the_python_reader(tmp_path, monkeypatch, name, skip
     assert _block_reader(path, tmp_path, skip_bad) == _reference(path, skip_bad)
 
 
+@pytest.mark.unit
 def test_block_reader_fuzz_equals_the_python_reader(tmp_path, monkeypatch):
     """Seeded random damage to valid lines: the block reader gives exactly the reference's rows,
     or the same one-line error naming file, line and field."""
@@ -317,6 +326,7 @@ def test_block_reader_fuzz_equals_the_python_reader(tmp_path, monkeypatch):
             assert _block_reader(path, tmp_path, skip_bad) == _reference(path, skip_bad), (trial, skip_bad)
 
 
+@pytest.mark.unit
 def test_block_reader_max_rows_and_need_negative(tmp_path, monkeypatch):
     monkeypatch.setattr(data_blocks, "_BLOCK_BYTES", 200)
     path = tmp_path / "in.jsonl"
@@ -325,6 +335,7 @@ def test_block_reader_max_rows_and_need_negative(tmp_path, monkeypatch):
     assert _block_reader(path, tmp_path, False, need_negative=False) == _reference(path, False, need_negative=False)
 
 
+@pytest.mark.unit
 def test_clean_blocks_take_the_arrow_path(tmp_path, monkeypatch):
     """Positive control that the fast path is used: clean data never reaches the Python reader,
     while a bad row does (and is named)."""
@@ -341,6 +352,7 @@ def test_clean_blocks_take_the_arrow_path(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.unit
 def test_python_whitespace_table_is_exact():
     assert "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace()) == data._PY_WHITESPACE
 
@@ -371,6 +383,7 @@ def multilingual(tmp_path_factory, shared_data):
     return load_cached(DataConfig(paths=[str(path)], cache_dir=str(folder / "cache")), seed=0)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("max_len", [8, 128])
 @pytest.mark.parametrize("name", ["tiny-mt5", "minilm"])
 def test_token_lengths_equal_the_tokenizer_call(tokenizers, multilingual, name, max_len):
@@ -386,6 +399,7 @@ def test_token_lengths_equal_the_tokenizer_call(tokenizers, multilingual, name, 
         assert (got == 8).any()  # truncation bites
 
 
+@pytest.mark.unit
 def test_token_lengths_are_cached_once_per_tokenizer_length_and_columns(tokenizers, multilingual, monkeypatch):
     ds, folder = multilingual
     tiny, minilm = tokenizers["tiny-mt5"], tokenizers["minilm"]
@@ -406,6 +420,7 @@ def test_token_lengths_are_cached_once_per_tokenizer_length_and_columns(tokenize
     assert os.environ.get("TOKENIZERS_PARALLELISM") == "false"  # restored after the parallel pass
 
 
+@pytest.mark.unit
 def test_a_damaged_lengths_cache_is_recomputed(tokenizers, multilingual):
     ds, folder = multilingual
     tok = tokenizers["tiny-mt5"]
@@ -418,6 +433,7 @@ def test_a_damaged_lengths_cache_is_recomputed(tokenizers, multilingual):
     assert np.array_equal(data.token_lengths(ds, tok, 16, ("anchor",), folder), good)
 
 
+@pytest.mark.unit
 def test_tokenizer_fingerprint_follows_content_not_path(tmp_path, tiny_base, tokenizers):
     from transformers import AutoTokenizer
 
@@ -432,6 +448,7 @@ def test_tokenizer_fingerprint_follows_content_not_path(tmp_path, tiny_base, tok
     assert fp(changed) != fp(tiny)
 
 
+@pytest.mark.unit
 def test_source_codes_match_ids_and_are_cached(multilingual, monkeypatch):
     ds, folder = multilingual
     codes = data.source_codes(ds, folder)
@@ -519,6 +536,7 @@ def test_rank_zero_failing_releases_the_others_at_once(tmp_path, tiny_base):
 # ------------------------------------------------------------------ the benchmark, kept alive
 
 
+@pytest.mark.unit
 def test_synthetic_data_is_xnli_like(tmp_path):
     path = data_startup.write_synthetic(tmp_path / "s.jsonl", 3000)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -539,6 +557,7 @@ def test_synthetic_data_is_xnli_like(tmp_path):
     assert data_startup.write_synthetic(tmp_path / "t.jsonl", 3000).read_bytes() == path.read_bytes()
 
 
+@pytest.mark.unit
 def test_growth_exponent():
     assert data_startup.exponent([10, 100, 1000], [1.0, 10.0, 1000.0]) == pytest.approx([1.0, 2.0])
 

@@ -2,7 +2,6 @@
 `accelerate launch`, compared with one process on the same global batch."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,21 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import REPO, read_log
+from conftest import PROBE, REPO, launch, launch_cmd, read_log, worker_exit_codes
 from safetensors.torch import load_file
 
 from mst5_dist import distributed
 from mst5_dist.model import SentenceEncoder
 
 pytestmark = pytest.mark.distributed
-PROBE = REPO / "tests" / "dist_scripts" / "grad_probe.py"
 TINY = str(REPO / "configs" / "tiny.yaml")
-BACKENDS = {
-    "ddp": "accelerate_cpu_ddp.yaml",
-    "zero2": "accelerate_cpu_zero2.yaml",
-    "zero3": "accelerate_cpu_zero3.yaml",
-    "zero3_offload": "accelerate_cpu_zero3_offload.yaml",
-}
 STS_PAIRS = [
     ("A man plays a guitar.", "A man is playing the guitar.", 4.8),
     ("A dog runs.", "A cat sleeps.", 0.4),
@@ -34,36 +26,6 @@ STS_PAIRS = [
     ("It rains.", "The stock market fell.", 0.0),
 ]
 SENTENCES = ["The cat sleeps on the sofa.", "Кошка спит на диване.", "猫在沙发上睡觉。", "القطة نائمة."]
-
-
-def accelerate_config(backend: str, tmp: Path) -> Path:
-    """The shipped launch config, with the DeepSpeed JSON path made absolute."""
-    text = (REPO / "ds_configs" / BACKENDS[backend]).read_text()
-    path = tmp / f"accelerate_{backend}.yaml"
-    path.write_text(text.replace("ds_configs/", f"{REPO / 'ds_configs'}/"))
-    return path
-
-
-def launch_cmd(backend: str, tmp: Path, *args: str, port: int = 29611) -> tuple[list[str], dict]:
-    env = dict(os.environ)
-    if backend == "ddp":
-        env["ACCELERATE_USE_CPU"] = "true"  # plain DDP on CPU; `--cpu` would start ONE process
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(accelerate_config(backend, tmp)),
-        "--main_process_port",
-        str(port),
-        *args,
-    ]
-    return cmd, env
-
-
-def launch(backend: str, tmp: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd, env = launch_cmd(backend, tmp, *args)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def train_args(base: Path, out: Path, *extra: str) -> list[str]:
@@ -254,7 +216,9 @@ def test_zero3_signal_checkpoint_and_resume_equals_uninterrupted(runs, tiny_base
     _wait_for_steps(run / "train_log.jsonl", 2)
     _workers(proc)[0].send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode != 0 and "interrupted" in err
+    # Every worker exits 75 (the launcher reports their codes; `accelerate launch` itself exits 1).
+    codes = worker_exit_codes(err)
+    assert proc.returncode != 0 and codes and set(codes) == {75} and "interrupted" in err, (codes, err[-3000:])
     stopped = len(losses(run))
     assert 2 <= stopped < 6
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -323,6 +287,7 @@ def test_a_killed_rank_ends_the_job_and_keeps_the_last_checkpoint(tiny_base, tmp
     assert "resumed from" in proc2.stdout + proc2.stderr
 
 
+@pytest.mark.unit
 def test_world_size_mismatch_fails_loudly(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="world size mismatch: launcher WORLD_SIZE=2"):

@@ -12,8 +12,7 @@ import random
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, read_log
-from test_distributed import PROBE, launch
+from conftest import PROBE, TINY_CONFIG, launch, read_log
 
 from mst5_dist import encoding, objectives
 from mst5_dist.collate import BatchCollator
@@ -56,6 +55,7 @@ def plan_cost(lengths: list[int], rows: list[int], overhead: int) -> int:
     return sum(r * lengths[s] + overhead for s, r in starts(rows))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("seed", range(6))
 def test_plan_is_the_cheapest_cut_within_budget_and_rows(seed):
     rng = random.Random(seed)
@@ -68,6 +68,7 @@ def test_plan_is_the_cheapest_cut_within_budget_and_rows(seed):
     assert plan_cost(lengths, rows, overhead) == brute_force_cost(lengths, budget, overhead, cap)
 
 
+@pytest.mark.unit
 def test_overhead_trades_chunks_for_padding():
     lengths = [40, 38, 20, 19, 10, 9, 5, 5]
     assert encoding.plan_chunks(lengths, 10_000, 0, None) == [1, 1, 1, 1, 1, 1, 2]  # no cost: cut everywhere
@@ -88,6 +89,7 @@ def unpack(chunked: encoding.ChunkedBatch) -> list[list[int]]:
     return [rows[k] for k in order]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "chunker",
     [encoding.Chunker(0), encoding.Chunker(0, max_rows=4), encoding.Chunker(0, 64, 0), encoding.Chunker(0, 200, 32, 5)],
@@ -108,6 +110,7 @@ def test_chunks_hold_every_row_once_in_input_order(chunker):
         assert unpack(encoding.ChunkedBatch(**{**chunked.__dict__, "restore": None})) != ids
 
 
+@pytest.mark.unit
 def test_split_to_a_count_keeps_rows_and_adds_no_padding():
     chunked = encoding.Chunker(0, 10_000, 10_000)(ids_of(23, seed=1))
     assert len(chunked.input_ids) == 1
@@ -118,6 +121,7 @@ def test_split_to_a_count_keeps_rows_and_adds_no_padding():
         encoding.split_to(encoding.Chunker(0, 64, 0)(ids_of(2)), 3)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -132,6 +136,7 @@ def test_bad_chunk_settings_name_the_key(override, message):
         load_config(TINY_CONFIG, [override])
 
 
+@pytest.mark.unit
 def test_good_chunk_settings_load():
     assert load_config(TINY_CONFIG, ["loss.chunk_tokens=null"]).loss.chunk_tokens is None
     cfg = load_config(TINY_CONFIG, ["loss.chunk_overhead_tokens=100"])
@@ -185,6 +190,21 @@ def loss_and_grads(setup, tokens, cache, hard, fault=None, packed=False):
     return float(loss.detach()), grads, batch
 
 
+@pytest.fixture(scope="module")
+def computed():
+    """``loss_and_grads`` of a model, each distinct call once per module: the reference and the padded
+    chunks recur across cases, and a call sets every setting it reads, so a repeat gives the same."""
+    memo = {}
+
+    def get(model, setup, tokens, cache, hard, fault=None, packed=False):
+        key = (model, tokens, cache, hard, fault, packed)
+        if key not in memo:
+            memo[key] = loss_and_grads(setup, tokens, cache, hard, fault, packed)
+        return memo[key]
+
+    return get
+
+
 def worst_relative(grads, ref) -> float:
     assert grads.keys() == ref.keys() and len(ref) > 0 and all(g.norm() > 0 for g in ref.values())
     return max(float((grads[n] - ref[n]).norm() / ref[n].norm()) for n in ref)
@@ -207,11 +227,12 @@ CASES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("model", "tokens", "cache", "hard", "fault"), CASES)
-def test_length_aware_equals_one_width_in_one_process(model, tokens, cache, hard, fault, request):
+def test_length_aware_equals_one_width_in_one_process(model, tokens, cache, hard, fault, request, computed):
     setup = request.getfixturevalue(f"{model}_setup")
-    ref_loss, ref_grads, ref_batch = loss_and_grads(setup, None, None, hard)
-    loss, grads, batch = loss_and_grads(setup, tokens, cache, hard, fault)
+    ref_loss, ref_grads, ref_batch = computed(model, setup, None, None, hard)
+    loss, grads, batch = computed(model, setup, tokens, cache, hard, fault)
     assert ref_batch.counts.chunks == 1 and batch.counts.chunks > 1
     assert batch.counts.real_tokens == ref_batch.counts.real_tokens
     assert batch.counts.padded_tokens < ref_batch.counts.padded_tokens
@@ -231,12 +252,13 @@ PACKED_CASES = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("model", "tokens", "hard", "fault"), PACKED_CASES)
-def test_packed_rows_equal_one_width_in_one_process(model, tokens, hard, fault, request):
+def test_packed_rows_equal_one_width_in_one_process(model, tokens, hard, fault, request, computed):
     setup = request.getfixturevalue(f"{model}_setup")
-    ref_loss, ref_grads, ref_batch = loss_and_grads(setup, None, None, hard)
-    _, _, padded = loss_and_grads(setup, tokens, None, hard)  # length-aware padded chunks
-    loss, grads, batch = loss_and_grads(setup, tokens, None, hard, fault, packed=True)
+    ref_loss, ref_grads, ref_batch = computed(model, setup, None, None, hard)
+    _, _, padded = computed(model, setup, tokens, None, hard)  # length-aware padded chunks
+    loss, grads, batch = computed(model, setup, tokens, None, hard, fault, packed=True)
     chunked = batch.encode
     assert chunked.position_ids is not None and sum(int(t.shape[0]) for t in chunked.input_ids) < len(chunked.lengths)
     assert batch.counts.real_tokens == ref_batch.counts.real_tokens
@@ -248,6 +270,7 @@ def test_packed_rows_equal_one_width_in_one_process(model, tokens, hard, fault, 
     assert same == (fault is None), (loss, ref_loss, worst_relative(grads, ref_grads))
 
 
+@pytest.mark.unit
 def test_packing_falls_back_where_it_does_not_apply(tiny_setup):
     """CLS pooling, a GradCache run or pack_sequences=false: padded chunks, never packed rows."""
     cfg, encoder, _ = tiny_setup

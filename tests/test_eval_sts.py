@@ -4,6 +4,8 @@ from scipy.stats import spearmanr
 
 from mst5_dist.evaluate.sts import EvalDataError, read_stsb_csv, spearman_x100
 
+pytestmark = pytest.mark.unit
+
 
 def test_spearman_matches_scipy_by_hand():
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.2]])

@@ -59,6 +59,7 @@ def angle(deg):
 # ---------------------------------------------------------------- metrics by hand
 
 
+@pytest.mark.unit
 def test_top1_accuracy_by_hand():
     x = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     y = np.array([[1, 0.1], [0.2, 1], [0, 1]], dtype=np.float32)
@@ -66,6 +67,7 @@ def test_top1_accuracy_by_hand():
     assert tatoeba.top1_accuracy(x, y) == pytest.approx(1 / 3)
 
 
+@pytest.mark.unit
 def test_ratio_margin_fixes_a_hub_by_hand():
     # y0 at 5 deg is the nearest neighbour of both x0 (0 deg) and x1 (20 deg); y1 sits at 40 deg.
     x, y = np.array([angle(0), angle(20)]), np.array([angle(5), angle(40)])
@@ -80,6 +82,7 @@ def test_ratio_margin_fixes_a_hub_by_hand():
     assert tatoeba.margin_error_rate(x, y, k=1) == 50.0
 
 
+@pytest.mark.unit
 def test_margin_matches_brute_force_definition():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 8)), rng.normal(size=(25, 8))
@@ -95,6 +98,7 @@ def test_margin_matches_brute_force_definition():
         assert set(ind[i]) == set(np.argsort(-cos[i])[:k])
 
 
+@pytest.mark.unit
 def test_bucc_threshold_and_prf_by_hand():
     gold = {("a", "1"), ("c", "3"), ("d", "4")}
     cands = {("a", "1"): 0.9, ("b", "2"): 0.8, ("c", "3"): 0.7, ("e", "5"): 0.6}
@@ -106,6 +110,7 @@ def test_bucc_threshold_and_prf_by_hand():
     assert bucc.best_threshold(cands, gold) == pytest.approx(0.7)
 
 
+@pytest.mark.unit
 def test_bucc_mining_recovers_a_permutation_one_to_one():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(12, 16))
@@ -117,6 +122,7 @@ def test_bucc_mining_recovers_a_permutation_one_to_one():
     assert [m[2] for m in mined] == sorted((m[2] for m in mined), reverse=True)
 
 
+@pytest.mark.unit
 def test_sts_scores_by_hand():
     table = {"a": [1, 0], "b": [1, 1], "c": [0, 1], "d": [1, 0.2], "z": [1, 0]}
     pairs = sts.StsPairs(["a", "b", "c", "d"], ["z", "z", "z", "z"], [5.0, 3.0, 0.0, 4.0])
@@ -125,6 +131,7 @@ def test_sts_scores_by_hand():
     assert res["pearson"] == pytest.approx(100 * pearsonr([1, 0.70711, 0, 0.98058], [5, 3, 0, 4]).statistic, abs=1e-3)
 
 
+@pytest.mark.unit
 def test_language_bias_by_hand():
     d1 = (np.array([0.1, 0.2, 0.3]), np.array([1.0, 2.0, 3.0]))
     d2 = (np.array([0.6, 0.7, 0.8]), np.array([1.0, 2.0, 3.0]))
@@ -136,6 +143,7 @@ def test_language_bias_by_hand():
     assert res["bias"] == pytest.approx(100 - 100 * 8 / math.sqrt(17.5 * 16))
 
 
+@pytest.mark.unit
 def test_rsim_by_hand_and_against_scipy_loops():
     x = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)  # pair cosines (01, 02, 12) = 0, .707, .707
     y = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)  # pair cosines = 1, 0, 0
@@ -153,6 +161,7 @@ def test_rsim_by_hand_and_against_scipy_loops():
 # ---------------------------------------------------------------- embedder and cache
 
 
+@pytest.mark.unit
 def test_embedding_cache_hits_and_is_keyed_by_model_and_texts(tmp_path):
     inner = TableEmbedder({"a": [1, 0], "b": [0, 1]})
     cached = CachedEmbedder(inner, EmbeddingCache(tmp_path))
@@ -169,6 +178,7 @@ def test_embedding_cache_hits_and_is_keyed_by_model_and_texts(tmp_path):
     assert len([f for f in files if f.suffix == ".npy"]) == 3
 
 
+@pytest.mark.unit
 def test_torch_embedder_sorted_batches_keep_order_and_final_dir(tiny_base, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_base, run / "final")
@@ -190,6 +200,7 @@ def test_torch_embedder_sorted_batches_keep_order_and_final_dir(tiny_base, tmp_p
 # ---------------------------------------------------------------- real data readers
 
 
+@pytest.mark.unit
 def test_tatoeba_real_files_and_language_codes(shared_data):
     d = shared_data / "tatoeba"
     expected = {"sw": 390, "th": 548, "jv": 205, "ka": 746, "kk": 575, "ml": 687, "ta": 307, "te": 234, "am": 168}
@@ -202,6 +213,7 @@ def test_tatoeba_real_files_and_language_codes(shared_data):
     assert tatoeba.expand_languages("deu,de,table2")[:3] == ["de", "hi", "fr"]
 
 
+@pytest.mark.unit
 def test_sts17_real_tracks_and_column_order(shared_data):
     d = shared_data / "sts17"
     for short in sts.STS17_NAMES:
@@ -218,6 +230,7 @@ def test_sts17_real_tracks_and_column_order(shared_data):
     assert tr_en.first[0].startswith("Çamurda") and tr_en.second[0].startswith("A silhouette")
 
 
+@pytest.mark.unit
 def test_other_sts_readers_on_real_data(shared_data):
     assert len(sts.read_stsb_csv(shared_data / "stsb-multi-mt" / "stsb-en-test.csv")) == 1379
     assert len(sts.read_jsts(shared_data / "jsts" / "valid-v1.3.json")) == 1457
@@ -231,6 +244,7 @@ def test_other_sts_readers_on_real_data(shared_data):
     assert x.first == en.first and x.second == de.second and x.scores == en.scores
 
 
+@pytest.mark.unit
 def test_bucc_real_sample(shared_data):
     data = bucc.read_bucc(shared_data / "bucc2018", "zh", "dev")
     assert (len(data.src_ids), len(data.trg_ids), len(data.gold)) == (8624, 13589, 257)
@@ -241,6 +255,7 @@ def test_bucc_real_sample(shared_data):
 # ---------------------------------------------------------------- independent implementations
 
 
+@pytest.mark.unit
 def test_minilm_stsb_matches_sentence_transformers(minilm, minilm_path, shared_data):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
@@ -258,6 +273,7 @@ def test_minilm_stsb_matches_sentence_transformers(minilm, minilm_path, shared_d
     assert ours > 75  # all-MiniLM-L6-v2 is a real STS model (published STS-B test ~82)
 
 
+@pytest.mark.unit
 def test_agrees_with_mteb_on_the_same_embeddings(minilm, shared_data):
     from mteb._evaluators.text.bitext_mining_evaluator import BitextMiningEvaluator
     from mteb.abstasks.sts import AbsTaskSTS
@@ -307,6 +323,7 @@ def test_agrees_with_mteb_on_the_same_embeddings(minilm, shared_data):
 # ---------------------------------------------------------------- malformed files
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "name, content, message",
     [
@@ -322,6 +339,7 @@ def test_malformed_sts17(tmp_path, name, content, message):
         sts.read_sts17(tmp_path, "en-en")
 
 
+@pytest.mark.unit
 def test_sts17_count_mismatch_names_files(tmp_path):
     (tmp_path / "STS.input.track5.en-en.txt").write_text("a\tb\nc\td\ne\tf\n")
     (tmp_path / "STS.gs.track5.en-en.txt").write_text("1.0\n2.0\n")
@@ -329,6 +347,7 @@ def test_sts17_count_mismatch_names_files(tmp_path):
         sts.read_sts17(tmp_path, "en-en")
 
 
+@pytest.mark.unit
 def test_tatoeba_mismatched_sides_name_file_and_line(tmp_path):
     (tmp_path / "tatoeba.deu-eng.deu").write_text("eins\nzwei\ndrei\n")
     (tmp_path / "tatoeba.deu-eng.eng").write_text("one\ntwo\n")
@@ -336,6 +355,7 @@ def test_tatoeba_mismatched_sides_name_file_and_line(tmp_path):
         tatoeba.read_tatoeba(tmp_path, "de")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "reader, name, content, message",
     [
@@ -356,6 +376,7 @@ def test_malformed_readers_name_file_and_line(tmp_path, reader, name, content, m
         reader(tmp_path / name)
 
 
+@pytest.mark.unit
 def test_malformed_bucc_gold(tmp_path):
     (tmp_path / "zh-en.dev.zh").write_text("zh-1\t你好\n")
     (tmp_path / "zh-en.dev.en").write_text("en-1\thello\n")
@@ -393,6 +414,7 @@ def test_mst5_eval_cli_on_tiny_model(tiny_base, shared_data, tmp_path):
     assert "| tiny |" in proc.stdout and "Tatoeba-14" in proc.stdout and report["markdown"] in proc.stdout
 
 
+@pytest.mark.unit
 def test_mst5_eval_bad_data_exits_2_with_one_line(tiny_base, tmp_path, capsys):
     from mst5_dist.cli import main
 
@@ -408,6 +430,7 @@ def test_mst5_eval_bad_data_exits_2_with_one_line(tiny_base, tmp_path, capsys):
     assert "unknown task(s) nope" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_data_download_checks_existing_files_and_explains_offline(shared_data, tmp_path, monkeypatch, capsys):
     import urllib.error
 

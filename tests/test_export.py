@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import mst5_cmd, train_cmd
+from conftest import mst5_cmd
 
 from mst5_dist.errors import exit_code
 from mst5_dist.export.gate import THRESHOLDS, GateFailed
@@ -27,14 +27,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_base, tmp_path_factory) -> Path:
+def trained(tiny_run) -> Path:
     """A real (short) LoRA training run of the tiny mT5: a training output with final/."""
-    out = tmp_path_factory.mktemp("export-train") / "run"
-    cmd = train_cmd(tiny_base, out, "train.max_steps=2", "train.batch_size=16")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "final" / "adapter_model.safetensors").is_file()
-    return out
+    assert (tiny_run / "final" / "adapter_model.safetensors").is_file()
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +148,7 @@ def test_sentence_transformers_loads_merged_checkpoint(exported, trained):
     assert (got * ref).sum(1).min() >= 0.99999
 
 
+@pytest.mark.unit
 def test_broken_export_is_caught_and_leaves_nothing(trained, tmp_path, monkeypatch, capsys):
     """A graph whose pooling ignores the attention mask must fail the gate, exit non-zero, and leave
     neither OUTPUT nor OUTPUT.tmp."""
@@ -168,6 +165,7 @@ def test_broken_export_is_caught_and_leaves_nothing(trained, tmp_path, monkeypat
     assert not out.exists() and not out.with_name("broken.tmp").exists()
 
 
+@pytest.mark.unit
 def test_gate_thresholds_bite():
     """The gate's comparison itself: an fp16-sized error fails fp32 but passes fp16."""
     from mst5_dist.export.gate import Thresholds, compare, evaluate
@@ -187,6 +185,7 @@ def test_gate_thresholds_bite():
     assert "non-finite outputs" in evaluate(compare(probe, [(hidden, emb)], [(hidden, nan)]), Thresholds())
 
 
+@pytest.mark.unit
 def test_fp16_plan_survives_real_scale_activations(trained):
     """mT5-scale residuals (~1e5, beyond fp16's 65504): a plain .half() model breaks, the plan
     (fp16 matmuls, fp32 norms / residual stream / FFN output) stays within the fp16 gate."""
@@ -249,6 +248,7 @@ def test_triton_repository_and_tensorrt_ops(exported):
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(rep["variants"]["int8"]["tensorrt"]["unsupported_ops"])
 
 
+@pytest.mark.unit
 def test_minilm_exports_and_matches(minilm_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -264,6 +264,7 @@ def test_minilm_exports_and_matches(minilm_path, tmp_path):
     assert (got * ref).sum(1).min() >= 0.99999
 
 
+@pytest.mark.unit
 def test_bad_model_dir_exit_code(tmp_path, capsys):
     from mst5_dist.cli import main
 

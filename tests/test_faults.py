@@ -6,17 +6,15 @@ run in bounded time, naming the collective it waited for."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, read_log, train_cmd
+from conftest import REPO, launch_cmd, read_log, train_cmd
 from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # 20 restarts of a training process
@@ -103,15 +101,11 @@ def test_a_corrupted_newest_checkpoint_falls_back_and_says_so(reference, tiny_ba
 def test_a_stopped_rank_ends_the_run_naming_the_collective(tiny_base, tmp_path):
     """SIGSTOP on one of two gloo ranks: the other fails after train.collective_timeout_s, saying
     which collective it waited for (before: blocked for the 600 s process-group default, silently)."""
-    config = tmp_path / "ddp.yaml"
-    config.write_text((REPO / "ds_configs" / "accelerate_cpu_ddp.yaml").read_text())
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
-           "29671", "-m", "mst5_dist.train", "--config", str(REPO / "configs" / "tiny.yaml"),
-           f"model.name_or_path={tiny_base}", f"train.output_dir={out}", "train.progress_bar=false",
-           "train.report_to=[]", "train.epochs=40", "train.collective_timeout_s=20"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cmd, env = launch_cmd("ddp", tmp_path, "-m", "mst5_dist.train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                          f"model.name_or_path={tiny_base}", f"train.output_dir={out}", "train.progress_bar=false",
+                          "train.report_to=[]", "train.epochs=40", "train.collective_timeout_s=20")  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stopped = None
     try:
         deadline = time.time() + 300

@@ -16,6 +16,8 @@ from mst5_dist.lora import count_parameters
 from mst5_dist.training.builders import build_encoder
 from mst5_dist.training.flops import FlopModel
 
+pytestmark = pytest.mark.unit
+
 R = 8  # lora.r of the tiny config
 
 

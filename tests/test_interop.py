@@ -84,6 +84,7 @@ def assert_nothing_written(out: Path) -> None:
     assert not out.with_name(out.name + ".tmp").exists()
 
 
+@pytest.mark.unit
 def test_old_layout_adapter_imports_and_equals_hand_applied_lora(tiny_base, tmp_path):
     state = old_state(tiny_base)
     src = write_old_adapter(tmp_path / "m-st5-old", state)
@@ -120,6 +121,7 @@ def test_old_layout_adapter_imports_and_equals_hand_applied_lora(tiny_base, tmp_
     assert (got - plain).abs().max() > 1e-2  # the adapter really acts
 
 
+@pytest.mark.unit
 def test_decoder_keys_are_reported_not_dropped(tiny_base, tmp_path):
     state = old_state(tiny_base)
     dec = "base_model.model.decoder.block.0.layer.0.SelfAttention.q"
@@ -152,6 +154,7 @@ def test_unmatched_key_fails_listing_it_via_cli(tiny_base, tmp_path):
     assert_nothing_written(out)
 
 
+@pytest.mark.unit
 def test_missing_and_misshaped_tensors_fail(tiny_base, tmp_path):
     state = old_state(tiny_base)
     gone = "base_model.model.encoder.block.1.layer.0.SelfAttention.v.lora_B.weight"
@@ -181,6 +184,7 @@ def helper_function() -> None:
     pass
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["code", "instance", "function"])
 def test_non_tensor_pickle_refused_and_nothing_written(tiny_base, tmp_path, kind):
     marker = tmp_path / "PWNED"
@@ -194,6 +198,7 @@ def test_non_tensor_pickle_refused_and_nothing_written(tiny_base, tmp_path, kind
     assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.unit
 def test_existing_output_kept_without_overwrite(tiny_base, tmp_path):
     src = write_old_adapter(tmp_path / "a", old_state(tiny_base))
     out = tmp_path / "out"
@@ -204,6 +209,7 @@ def test_existing_output_kept_without_overwrite(tiny_base, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.unit
 def test_model_card_from_training_config_and_results(tmp_path):
     d = tmp_path / "final"
     d.mkdir()
@@ -235,6 +241,7 @@ def test_model_card_from_training_config_and_results(tmp_path):
     assert "No `results.json` yet" in card and "No `training_config.yaml`" in card and "license:" not in card
 
 
+@pytest.mark.unit
 def test_card_sentence_transformers_snippet_reproduces_embeddings(tiny_base, tmp_path):
     """The card's sentence-transformers recipe, run as written, gives the imported encoder's vectors."""
     state = old_state(tiny_base)
@@ -322,6 +329,7 @@ def reorder_bound_x100(a: np.ndarray, b: np.ndarray) -> float:
     return 100 * flips * 6 * (4 * n + 2) / (n * (n * n - 1))
 
 
+@pytest.mark.unit
 def test_reorder_bound_counts_only_near_ties():
     a = np.array([0.1, 0.2, 0.3, 0.30000001, 0.9])
     assert reorder_bound_x100(a, a) == 0.0  # no noise: Spearmans must agree exactly
@@ -330,6 +338,7 @@ def test_reorder_bound_counts_only_near_ties():
     assert reorder_bound_x100(a[[0, 1, 2, 4]], b[[0, 1, 2, 4]]) == 0.0  # without the near-tie, none
 
 
+@pytest.mark.unit
 def test_mteb_sts17_offline_equals_our_sts_torch_and_onnx(tiny_base, tiny_onnx, shared_data, monkeypatch):
     """mteb 2.26 runs its own STS17 task (dataset injected from ../shared/data, no Hub) on our
     TorchEmbedder and OnnxEmbedder through ``as_mteb_model``; its cosine Spearman equals

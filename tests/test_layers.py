@@ -10,6 +10,8 @@ from layering import cycles, problems
 
 from mst5_dist.layers import FOUNDATION_THIRD_PARTY, LAYERS
 
+pytestmark = pytest.mark.unit
+
 TOY_LAYERS = [("bottom", ["toy", "toy.base"]), ("middle", ["toy.core"]), ("top", ["toy.app"])]
 
 

@@ -29,6 +29,7 @@ def readme_pip_steps() -> list[list[str]]:
     return [shlex.split(step) for step in block.split("&&") if step.strip().startswith("pip install")]
 
 
+@pytest.mark.unit
 def test_readme_and_ci_install_with_the_lock():
     steps = readme_pip_steps()
     assert steps == [["pip", "install", "torch==2.13.0"], ["pip", "install", "-c", LOCK.name, "-e", ".[dev]"]]
@@ -37,12 +38,14 @@ def test_readme_and_ci_install_with_the_lock():
     assert ci_steps == steps
 
 
+@pytest.mark.unit
 def test_lock_satisfies_pyproject_ranges():
     pins = read_lock()
     assert range_problems(pins, project_requirements()) == []
     assert pins["torch"] == "2.13.0" and "transformers" in pins and "peft" in pins
 
 
+@pytest.mark.unit
 def test_lock_checker_bites():
     """Negative controls: the pair the registry serves today (transformers 5.24.0) falls outside
     the range, a range violation names the group, and an unpinned or drifted package is reported."""
@@ -60,6 +63,7 @@ def test_lock_checker_bites():
     ]
 
 
+@pytest.mark.unit
 def test_installed_set_is_the_lock():
     """Everything the project and its dev + mlflow extras pull in is pinned, at the installed version."""
     assert lock_problems(read_lock(), closure()) == []
@@ -91,6 +95,7 @@ def unresolved_imports(path: Path) -> list[str]:
     )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
 def test_benchmark_script_imports(script, tmp_path):
     """The script loads as a module (its main does not run) and every module it imports anywhere,
@@ -102,12 +107,14 @@ def test_benchmark_script_imports(script, tmp_path):
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
 
 
+@pytest.mark.unit
 def test_import_check_bites(tmp_path):
     script = tmp_path / "s.py"
     script.write_text("import json\n\ndef f():\n    from no_such_module_xyz import thing\n")
     assert unresolved_imports(script) == ["no_such_module_xyz"]
 
 
+@pytest.mark.unit
 def test_transformers_peft_integration_accepts_installed_peft(minilm_path, monkeypatch):
     """What benchmarks/train_throughput.py's sentence-transformers worker does: `add_adapter` on a
     SentenceTransformer. transformers 5.24 + peft 0.21.2 raised here; the control raises the

@@ -5,6 +5,8 @@ import torch
 
 from mst5_dist.losses import info_nce
 
+pytestmark = pytest.mark.unit
+
 
 def _hand_info_nce(a, p, n, t):
     """InfoNCE written out with Python loops over cosine similarities."""

@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_log
-from test_reliability import NaNAtStep3, last_line, tiny_args
+from conftest import NaNAtStep3, last_line, read_log, tiny_args
 
 from mst5_dist import encoding
 from mst5_dist.cli import main
@@ -42,6 +41,7 @@ FIRST_BAD = [  # (steps, message start or None for no error)
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("steps", "message"), FIRST_BAD)
 def test_the_first_non_finite_step_is_kept_exactly(steps, message):
     figures = figures_of(window_of(steps))
@@ -53,6 +53,7 @@ def test_the_first_non_finite_step_is_kept_exactly(steps, message):
         metrics.first_bad_step(figures)
 
 
+@pytest.mark.unit
 def test_the_first_bad_step_over_ranks_is_the_earliest():
     ranks = [window_of(s) for s in ([(1.0, 1.0), (math.nan, 2.0)], [(math.nan, 1.0)])]
     with pytest.raises(metrics.NonFinite, match=r"^step 1: loss = nan"):

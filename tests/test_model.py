@@ -11,6 +11,8 @@ from mst5_dist.config import LoraConfig
 from mst5_dist.lora import apply_lora, count_parameters
 from mst5_dist.model import EncoderMeta, ModelError, SentenceEncoder, encode_batched, mean_pool, plan_batches
 
+pytestmark = pytest.mark.unit
+
 MULTILINGUAL = [
     "The weather is nice today.",
     "Das Wetter ist heute schön.",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, mst5_cmd, read_log
+from conftest import REPO, launch, mst5_cmd, read_log
 
 from mst5_dist import modular
 from mst5_dist.config import Config, ConfigError, load_config
@@ -59,6 +59,7 @@ def _sha(folder: Path) -> str:
 # ------------------------------------------------------------------------------------ units
 
 
+@pytest.mark.unit
 def test_cla_pairs_put_the_trained_side_where_the_coin_says():
     emb = torch.arange(6, dtype=torch.float32).reshape(3, 2).requires_grad_(True)
     pivot = -torch.ones(3, 2)
@@ -71,6 +72,7 @@ def test_cla_pairs_put_the_trained_side_where_the_coin_says():
     assert emb.grad[:, 0].tolist() == [2.0, 1.0, 2.0]
 
 
+@pytest.mark.unit
 def test_anchor_coin_is_fixed_per_row_and_balanced():
     coins = [cla.anchor_is_pivot(7, f"row{i}") for i in range(2000)]
     assert coins == [cla.anchor_is_pivot(7, f"row{i}") for i in range(2000)]
@@ -78,6 +80,7 @@ def test_anchor_coin_is_fixed_per_row_and_balanced():
     assert coins != [cla.anchor_is_pivot(8, f"row{i}") for i in range(2000)]
 
 
+@pytest.mark.unit
 def test_language_and_parallel_rows_from_real_stsb(shared_data):
     stsb = shared_data / "stsb-multi-mt"
     rows = modular.language_rows(stsb, "ru", 4.0)
@@ -93,6 +96,7 @@ def test_language_and_parallel_rows_from_real_stsb(shared_data):
     assert (first["anchor"], first["positive"]) == (zh.first[0], en.first[0])
 
 
+@pytest.mark.unit
 def test_parallel_rows_refuse_unaligned_translations(tmp_path):
     (tmp_path / "stsb-en-train.csv").write_text("a,b,4.0\nc,d,1.0\n", encoding="utf-8")
     (tmp_path / "stsb-de-train.csv").write_text("A,B,4.0\nC,D,2.0\n", encoding="utf-8")
@@ -100,6 +104,7 @@ def test_parallel_rows_refuse_unaligned_translations(tmp_path):
         modular.parallel_rows(tmp_path, "de", "en", None)
 
 
+@pytest.mark.unit
 def test_plan_and_config_errors(tmp_path):
     cfg = load_modular_config(None, ["modular.languages=[en,de,ru]"])
     assert modular.plan(cfg) == [
@@ -122,6 +127,7 @@ def test_plan_and_config_errors(tmp_path):
     assert type(stage) is Config  # a stage is a plain run: its saved config.yaml reruns as `mst5 train`
 
 
+@pytest.mark.unit
 def test_embedding_cache_keys_routed_rows_by_language_and_routing(tmp_path):
     from mst5_dist.evaluate.embedder import CachedEmbedder, EmbeddingCache, encode_routed
 
@@ -143,6 +149,7 @@ def test_embedding_cache_keys_routed_rows_by_language_and_routing(tmp_path):
     assert encode_routed(cached, ["x"], 8, "de", True)[0, 0] == 11.0 and inner.calls == 3  # served from the cache
 
 
+@pytest.mark.unit
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match=r"no modular\.json"):
         modular.ModularEncoder.from_pretrained(tmp_path)
@@ -275,8 +282,6 @@ def test_two_ranks_under_zero2_train_every_stage_like_one_process(tiny_base, sha
     """`accelerate launch -m mst5_dist.modular`: three stage runs (en, de modules; de CLA) in one
     process per rank, each with its own Accelerator/DeepSpeed engine; losses equal one process's."""
     import sys
-
-    from test_distributed import launch
 
     args = ["--config", str(REPO / "configs" / "modular-tiny.yaml"), "modular.languages=[en,de]", "model.dropout=0.0"]
     single, double = tmp_path / "single", tmp_path / "zero2"

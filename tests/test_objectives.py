@@ -71,6 +71,7 @@ def test_a_new_objective_trains_without_touching_the_trainer(toy_objective, tiny
     assert load_config(out / "config.yaml").loss.objective == "toy-symmetric"
 
 
+@pytest.mark.unit
 def test_loss_objective_selects_the_built_in_implementations(tmp_path):
     triplet = objectives.build(load_config(None, []))
     assert type(triplet).__name__ == "TripletObjective" and triplet.columns == ("anchor", "positive", "negative")
@@ -87,6 +88,7 @@ def test_loss_objective_selects_the_built_in_implementations(tmp_path):
     assert pairs.collate(rows).texts == ["a0", "a1", "a2", "p0", "p1", "p2"]
 
 
+@pytest.mark.unit
 def test_an_unknown_objective_is_refused_naming_the_registered_ones(tiny_base, tmp_path):
     from mst5_dist.training.recipe import train
 

@@ -15,21 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, read_log, train_cmd
+from conftest import FAST, REPO, TINY_CONFIG, NaNAtStep3, last_line, read_log, tiny_args, train_cmd
 from safetensors.torch import load_file
 
 from mst5_dist.cli import main
 from mst5_dist.config import ConfigError, load_config
-
-FAST = ("train.progress_bar=false", "train.report_to=[]")
-
-
-def last_line(capsys) -> str:
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
-def tiny_args(base, out, *extra):
-    return ["train", "--config", TINY_CONFIG, f"model.name_or_path={base}", f"train.output_dir={out}", *FAST, *extra]
 
 
 def adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -59,6 +49,7 @@ BAD_SETTINGS = [  # (override, what the one line must say); each fails before an
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("override", "message"), BAD_SETTINGS)
 def test_bad_settings_exit_2_naming_the_command_line(override, message, tmp_path, capsys):
     out = tmp_path / "run"
@@ -67,12 +58,20 @@ def test_bad_settings_exit_2_naming_the_command_line(override, message, tmp_path
     assert not out.exists()
 
 
-@pytest.mark.parametrize("value", ["0", "null"])
-def test_save_every_zero_or_null_means_only_at_the_end(value):
-    """The control beside ``train.save_every=-1``: configs in use write 0 for "no periodic checkpoints"."""
-    assert load_config(TINY_CONFIG, [f"train.save_every={value}"]).train.save_every in (0, None)
+@pytest.mark.parametrize(("value", "checkpoints"), [("0", [3]), ("null", [3]), ("2", [2, 3])])
+def test_save_every_zero_or_null_means_only_at_the_end(value, checkpoints, tiny_base, tmp_path):
+    """The control beside ``train.save_every=-1``: configs in use write 0 for "no periodic checkpoints",
+    and a 3-step run with 0 (or null) writes only the last step's checkpoint and final/ (2: step 2 too)."""
+    assert load_config(TINY_CONFIG, [f"train.save_every={value}"]).train.save_every == (
+        None if value == "null" else int(value)
+    )
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny_base, out, "train.max_steps=3", f"train.save_every={value}")) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s:08d}" for s in checkpoints]
+    assert (out / "final" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.unit
 def test_a_bad_value_in_the_file_names_the_file(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("train:\n  batch_size: 0\n")
@@ -83,6 +82,7 @@ def test_a_bad_value_in_the_file_names_the_file(tmp_path, capsys):
     assert load_config(cfg).train.batch_size == 8
 
 
+@pytest.mark.unit
 def test_a_batch_that_does_not_split_over_the_ranks_fails_before_any_process_group(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")  # what `accelerate launch --num_processes 3` sets
     start = time.perf_counter()
@@ -124,6 +124,7 @@ def test_broken_or_missing_models_exit_2_naming_the_file(tiny_base, tmp_path, ca
     assert main(tiny_args(tiny_base, tmp_path / "good", "train.max_steps=1")) == 0
 
 
+@pytest.mark.unit
 def test_a_data_path_that_is_a_folder_exits_2(tiny_base, tmp_path, capsys):
     folder = tmp_path / "data"
     folder.mkdir()
@@ -133,6 +134,7 @@ def test_a_data_path_that_is_a_folder_exits_2(tiny_base, tmp_path, capsys):
     )
 
 
+@pytest.mark.unit
 def test_embed_input_errors_name_file_and_line_and_are_checked_first(tmp_path, capsys):
     export = tmp_path / "no-export"  # never reached: every check below fails before the model loads
     bad = tmp_path / "bad.txt"
@@ -153,29 +155,6 @@ def test_embed_input_errors_name_file_and_line_and_are_checked_first(tmp_path, c
 
 
 # ------------------------------------------------------------------ NaN / inf (2)
-
-
-class NaNAtStep3:
-    """A toy objective whose loss becomes NaN at the third micro-batch (a diverging run, reproducibly)."""
-
-    columns = ("anchor", "positive")
-
-    def __init__(self, cfg) -> None:
-        from mst5_dist.objectives.triplet import TripletObjective
-
-        cfg.loss.hard_negatives = False
-        self.inner, self.calls = TripletObjective(cfg), 0
-
-    def setup(self, ctx) -> None:
-        pass
-
-    def collate(self, rows):
-        return self.inner.collate(rows)
-
-    def loss(self, embeddings, batch, gather):
-        self.calls += 1
-        loss = self.inner.loss(embeddings, batch, gather)
-        return loss * float("nan") if self.calls >= 3 else loss
 
 
 def test_a_non_finite_loss_stops_the_run_before_writing_that_step(tiny_base, tmp_path, capsys):
@@ -201,11 +180,9 @@ def test_a_non_finite_loss_stops_the_run_before_writing_that_step(tiny_base, tmp
 
 
 @pytest.fixture(scope="module")
-def checkpointed(tiny_base, tmp_path_factory) -> Path:
+def checkpointed(tiny_run) -> Path:
     """A finished 4-step run with checkpoints at steps 2 and 4 (the reference for resumed runs)."""
-    out = tmp_path_factory.mktemp("ckpt") / "run"
-    assert main(tiny_args(tiny_base, out, "train.max_steps=4", "train.save_every=2")) == 0
-    return out
+    return tiny_run
 
 
 def _copy_without_final(run: Path, to: Path) -> Path:
@@ -214,6 +191,7 @@ def _copy_without_final(run: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.unit
 def test_every_checkpoint_has_a_manifest_and_no_pickle_of_ours(checkpointed):
     for ckpt in sorted((checkpointed / "checkpoints").iterdir()):
         manifest = json.loads((ckpt / "manifest.json").read_text())["files"]
@@ -409,6 +387,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(tiny_b
         first.kill()
 
 
+@pytest.mark.unit
 def test_a_fresh_run_does_not_write_over_another_run(checkpointed, tiny_base, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(checkpointed, run)
@@ -437,18 +416,34 @@ def test_a_stop_signal_during_start_up_is_a_clean_stop(tiny_base, tmp_path):
         assert "Traceback" not in err and (tmp_path / f"run-{sig.name}" / "checkpoints" / "step-00000001").is_dir()
 
 
+def _wait_for_text(path: Path, text: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (path.exists() and path.read_text() == text):
+        time.sleep(0.02)
+    assert path.read_text() == text, f"{path}: {path.read_text()!r}, expected {text!r}"
+
+
 def test_a_second_ctrl_c_aborts_with_one_line(tiny_base, tmp_path):
-    out = tmp_path / "run"
-    proc = _start(train_cmd(tiny_base, out, *FAST, "train.epochs=40"))
-    _wait_for_log(out, 2)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode in (75, 130), err[-2000:]  # 75 if the checkpoint was done within 0.3 s
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
-        ("mst5 train: aborted", "mst5 train: interrupted")
-    )
+    """The second Ctrl-C reaches the run while it is still going (held in step 3 until the first is
+    noted: tests/dist_scripts/held_train.py): exit 130, one line, the step-2 checkpoint kept whole."""
+    out, marker = tmp_path / "run", tmp_path / "held"
+    script = str(REPO / "tests" / "dist_scripts" / "held_train.py")
+    args = train_cmd(tiny_base, out, *FAST, "loss.objective=held", "train.save_every=1")[3:]
+    proc = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "MST5_HELD_MARKER": str(marker)})  # fmt: skip
+    try:
+        _wait_for_text(marker, "waiting")
+        proc.send_signal(signal.SIGINT)
+        _wait_for_text(marker, "stop noted")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "mst5 train: aborted (second interrupt); last complete checkpoint kept"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    assert (out / "checkpoints" / "step-00000002" / "manifest.json").is_file() and not (out / "final").exists()
 
 
 def test_a_late_second_ctrl_c_does_not_spoil_the_exit(tiny_base, tmp_path):
@@ -534,6 +529,7 @@ def test_merged_weights_are_not_merged_twice(stacked, tiny_base, tmp_path, monke
     assert torch.allclose(_embed(tmp_path / "export"), _embed(stacked["C"] / "final"), atol=1e-5)
 
 
+@pytest.mark.unit
 def test_large_files_are_fingerprinted_in_full(tmp_path, monkeypatch):
     import hashlib
 
@@ -559,6 +555,7 @@ def test_large_files_are_fingerprinted_in_full(tmp_path, monkeypatch):
     assert ends(bytes(data)) == ends(big.read_bytes())
 
 
+@pytest.mark.unit
 def test_embed_refuses_a_graph_changed_after_export(tiny_onnx, tmp_path, capsys):
     import numpy as np
     import onnx
@@ -580,6 +577,7 @@ def test_embed_refuses_a_graph_changed_after_export(tiny_onnx, tmp_path, capsys)
     assert line.startswith(f"mst5 embed: error: {graph}: sha256") and "changed after export" in line
 
 
+@pytest.mark.unit
 def test_overrides_may_follow_resume(tmp_path, capsys):
     # The override after --resume reaches the config (its bad value is reported, by name).
     assert main(["train", "--config", TINY_CONFIG, "--resume", "latest", "train.batch_size=0"]) == 2

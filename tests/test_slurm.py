@@ -336,6 +336,7 @@ def test_hostlist_expansion_matches_scontrol(cluster):
         assert slurm.expand_hostlist(nodelist) == r.stdout.split(), nodelist
 
 
+@pytest.mark.unit
 def test_checkpoint_rule_matches_the_trainer(tmp_path):
     from mst5_dist import layout
 

@@ -88,6 +88,7 @@ def test_final_and_every_checkpoint_record_versions(tracked_run):
         assert json.loads((folder / VERSIONS_FILE).read_text()) == expected, folder
 
 
+@pytest.mark.unit
 def test_missing_tracker_package_is_a_config_error(tiny_base, tmp_path, monkeypatch, capsys):
     """A tracker whose package is absent fails before anything is written (Accelerate alone would
     drop it and log nowhere): exit 2, one line naming the field."""
@@ -102,6 +103,7 @@ def test_missing_tracker_package_is_a_config_error(tiny_base, tmp_path, monkeypa
     assert not out.exists()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -116,6 +118,7 @@ def test_report_to_values(overrides, expected):
     assert load_config(TINY_CONFIG, overrides).train.report_to == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
