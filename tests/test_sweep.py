@@ -207,3 +207,28 @@ def test_errors_name_the_run_and_the_missing_file_or_field(lr_runs, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mst5 sweep: error: {a}: no training config (looked for config.yaml, final/training_config.yaml, "
                    "training_config.yaml)"]  # fmt: skip
+
+
+@pytest.mark.unit
+def test_a_stage_run_of_an_older_train_modular_is_read(tmp_path):
+    """An older ``train-modular`` saved each stage's config.yaml with its ``modular:`` section
+    (languages and all); the sweep reads it. Negative control: an unknown section is still refused."""
+    import yaml
+
+    from mst5_dist.config import Config, to_dict
+    from mst5_dist.evaluate.sweep import read_run_config
+
+    raw = to_dict(Config())
+    raw["optim"]["lr"] = 3e-4
+    raw["data"]["streaming"] = False
+    raw["modular"] = {"languages": ["en", "de"], "pivot_language": "en", "stsb_dir": "../shared/data/stsb-multi-mt",
+                      "min_score": 4.0, "parallel_max_rows": None, "language_overrides": [], "cla_overrides": []}  # fmt: skip
+    run = tmp_path / "language" / "de"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    cfg, path = read_run_config(run)
+    assert cfg.optim.lr == 3e-4 and path == run / "config.yaml"
+    raw["nosuch"] = {}
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with pytest.raises(SweepError, match=rf"{re.escape(str(run))}: unreadable training config: .*unknown key 'nosuch'"):
+        read_run_config(run)

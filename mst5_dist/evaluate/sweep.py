@@ -40,6 +40,7 @@ from mst5_dist.errors import BadInput, ModelError, run_command
 from mst5_dist.families import MT5_SIZES, MT5_VOCAB
 from mst5_dist.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mst5_dist.model.meta import EncoderMeta
+from mst5_dist.modular.config import ModularRunConfig
 
 TRAIN_LOG_METRICS = ("eval_sts_spearman",)
 X_CHOICES = ("auto", "lr", "model_size")
@@ -77,13 +78,15 @@ class SweepRun:
 
 
 def read_run_config(run: Path) -> tuple[Config, Path]:
+    """The run's saved config, read as ``mst5 train-modular``'s schema: a stage run of an older
+    ``train-modular`` saved its ``modular:`` section (languages and all) beside the run sections."""
     if not run.is_dir():
         raise SweepError(f"{run}: run folder not found")
     for rel in CONFIG_FILES:
         path = run / rel
         if path.is_file():
             try:
-                return load_config(path), path
+                return load_config(path, schema=ModularRunConfig), path
             except ConfigError as e:
                 raise SweepError(f"{run}: unreadable training config: {e}") from None
     raise SweepError(f"{run}: no training config (looked for {', '.join(CONFIG_FILES)})")
