@@ -191,11 +191,11 @@ def legacy_load(cfg):
             return None
         return value.strip()
 
-    new_text, data._RowChecker.text = data._RowChecker.text, old_text
+    new_text, data.RowChecker.text = data.RowChecker.text, old_text
     try:
         report = data.read_triplets(cfg, 0, True)
     finally:
-        data._RowChecker.text = new_text
+        data.RowChecker.text = new_text
     ds = datasets.Dataset.from_dict({c: [r[c] for r in report.rows] for c in data.COLUMNS})
     target = Path(cfg.cache_dir) / "legacy"
     ds.save_to_disk(str(target))

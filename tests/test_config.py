@@ -100,7 +100,7 @@ RESUME = [  # the hand list checkpoint.RESUME_KEYS held, plus loss.pivot_model (
     "data.bucket_batches", "data.skip_bad_rows", "loss.objective", "loss.hard_negatives", "train.batch_size",
     "train.seed", "train.grad_accum_steps", "loss.pivot_model",
 ]  # fmt: skip
-# What data._cache_key hashes from the config (train.seed enters it only for XNLI, elsewhere).
+# What data.cache._cache_key hashes from the config (train.seed enters it only for XNLI, elsewhere).
 CACHE = ["data.format", "data.paths", "data.languages", "data.split", "data.cross_lingual", "data.skip_bad_rows",
          "data.max_rows"]  # fmt: skip
 

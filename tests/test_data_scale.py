@@ -340,7 +340,7 @@ def test_clean_blocks_take_the_arrow_path(tmp_path, monkeypatch):
     """Positive control that the fast path is used: clean data never reaches the Python reader,
     while a bad row does (and is named)."""
     calls = []
-    real = data._python_block
+    real = data_blocks._python_block
     monkeypatch.setattr(data_blocks, "_python_block", lambda *a: calls.append(a[1]) or real(*a))
     monkeypatch.setattr(data_blocks, "_BLOCK_BYTES", 1000)
     path = tmp_path / "in.jsonl"
@@ -354,7 +354,7 @@ def test_clean_blocks_take_the_arrow_path(tmp_path, monkeypatch):
 
 @pytest.mark.unit
 def test_python_whitespace_table_is_exact():
-    assert "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace()) == data._PY_WHITESPACE
+    assert "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace()) == data_blocks._PY_WHITESPACE
 
 
 # ------------------------------------------------------------------ token lengths and source codes
@@ -580,7 +580,7 @@ def test_benchmark_stages_run(tmp_path, tiny_base):
     assert results["load cold"]["rows"] == results["legacy load"]["rows"] == 3000
     assert results["lengths cold"]["mean_length"] == pytest.approx(results["legacy lengths"]["mean_length"])
     assert results["sampler"]["batches"] > 0 and results["train warm"]["launch_to_step1"] > 0
-    assert data._RowChecker.text.__name__ == "text"  # the legacy stage put the reader back
+    assert data.RowChecker.text.__name__ == "text"  # the legacy stage put the reader back
     data_startup.report([3000], {3000: results})
 
 

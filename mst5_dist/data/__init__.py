@@ -10,8 +10,6 @@ sampler   ``GlobalBatchSampler``: global batches with unique source ids, sliced 
 """
 
 from mst5_dist.data import formats
-from mst5_dist.data.blocks import _PY_WHITESPACE as _PY_WHITESPACE
-from mst5_dist.data.blocks import _python_block as _python_block
 from mst5_dist.data.cache import SOURCE_CODES, dataset_cache_dir, load_cached, load_dataset, source_codes
 from mst5_dist.data.formats import read_triplets
 from mst5_dist.data.formats.csv import read_csv
@@ -19,15 +17,10 @@ from mst5_dist.data.formats.hub import read_hub
 from mst5_dist.data.formats.jsonl import read_jsonl
 from mst5_dist.data.formats.snli import read_snli
 from mst5_dist.data.formats.xnli import read_xnli
-from mst5_dist.data.lengths import _compute_lengths as _compute_lengths
 from mst5_dist.data.lengths import lengths_cache_path, token_lengths, tokenizer_fingerprint
 from mst5_dist.data.rows import COLUMNS, NLI_LABELS, ReadReport, RowChecker, iter_jsonl
 from mst5_dist.data.sampler import GlobalBatchSampler, repeated_in_rows
 from mst5_dist.errors import DataError
-
-# Private names that tests and benchmarks/data_startup.py read: _PY_WHITESPACE, _python_block and
-# _compute_lengths above (a test patches them on their own modules, blocks and lengths), and this one.
-_RowChecker = RowChecker
 
 __all__ = [
     "COLUMNS",
