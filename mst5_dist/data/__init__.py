@@ -5,6 +5,7 @@ formats/  readers by ``data.format`` name, one module each; every field validate
 rows      the row layout, shared validation and the reference JSON-lines parser
 blocks    JSONL block by block into Arrow, the Python reader as the reference for any block
 cache     the rows saved as Arrow under a key of the inputs, memory-mapped later; source codes
+arrays    integer arrays (source codes, lengths) cached beside the rows, written atomically
 lengths   per-row token lengths, cached per tokenizer
 sampler   ``GlobalBatchSampler``: global batches with unique source ids, sliced per rank
 """
