@@ -13,6 +13,7 @@ from torch import nn
 from mst5_dist.errors import ModelError
 from mst5_dist.families import T5_FAMILY, family
 from mst5_dist.files import read_json
+from mst5_dist.outputs import inside
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Config fields that set dropout, per family (names a config lacks are skipped).
@@ -139,7 +140,8 @@ def sentence_transformers_settings(folder: Path) -> dict[str, Any]:
     for module in read_json(modules_file):
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
-            cfg = read_json(folder / module["path"] / "config.json")
+            where = inside(folder, module.get("path"), f"{modules_file}: {kind} path")
+            cfg = read_json(where / "config.json")
             if cfg.get("pooling_mode_mean_tokens"):
                 out["pooling"] = "mean"
             elif cfg.get("pooling_mode_cls_token"):
