@@ -88,3 +88,20 @@ def minilm_lora_cmd(minilm: Path, data: Path, out: Path, *extra: str) -> list[st
         minilm, out, "model.max_seq_length=48", f"data.paths=[{data}]", "lora.preset=qv", "train.batch_size=16",
         "train.save_every=null", *extra,
     )  # fmt: skip
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under ``folder``, links not followed: a file's bytes, ``link -> TARGET`` or ``dir``
+    (compare before and after a refused command: nothing around its output may change)."""
+    out: dict[str, bytes | str] = {}
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                out[rel] = f"link -> {os.readlink(path)}"
+            elif path.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = path.read_bytes()
+    return out
