@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from mst5_dist.errors import ConfigError
+from mst5_dist.files import atomic_write_text
 
 __all__ = [
     "SECTION", "Config", "ConfigError", "config_keys", "flat_config", "kinds", "load_config", "save_config",
@@ -669,4 +670,5 @@ def flat_config(cfg: Config) -> dict[str, int | float | str | bool]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Write ``cfg`` as YAML, atomically; a symbolic link at ``path`` is refused, not written through."""
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

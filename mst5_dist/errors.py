@@ -2,8 +2,8 @@
 
     0   done
     1   anything else (a traceback, then one line)
-    2   bad input: config, data, model, arguments, a path that does not exist (one line naming the
-        file, line and field where there is one)
+    2   bad input: config, data, model, arguments, a path that does not exist, an output that may
+        not be written or a full disk (one line naming the file, line and field where there is one)
     3   an export's parity gate failed (nothing written)
     75  stopped by a signal after writing a checkpoint (rerun with ``--resume latest``)
     130 aborted by a second interrupt (the last complete checkpoint is kept)
@@ -14,6 +14,7 @@ No torch here: this module sits in the bottom layer.
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from collections.abc import Callable
@@ -55,6 +56,8 @@ class Interrupted(MstError):
 
 # Paths the user named that are not there or not what they should be: bad input, not a crash.
 _BAD_PATH = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# A full disk or quota: the output could not be written (``outputs.no_space`` names the path).
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def exit_code(exc: BaseException) -> int:
@@ -63,7 +66,7 @@ def exit_code(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_ABORTED
-    if isinstance(exc, _BAD_PATH):
+    if isinstance(exc, _BAD_PATH) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE):
         return EXIT_BAD_INPUT
     return EXIT_FAILED
 

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mst5_dist.outputs import claim, no_space, refuse_link
+
 
 def _umask() -> int:
     """The process umask, read without changing it (``/proc``; else the set-and-restore dance)."""
@@ -32,15 +34,17 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a unique temp file beside ``path`` and rename it over ``path``. The file
-    gets the mode a plain ``open(path, "w")`` gives (0666 less the umask, 0644 usually), not the
-    temp file's private 0600."""
+    """Write ``data`` to a unique temp file beside ``path`` and rename it over ``path``; a link at
+    ``path`` is refused, a full disk names ``path`` (``outputs``). The file gets the mode a plain
+    ``open(path, "w")`` gives (0666 less the umask, 0644 usually), not the temp file's private 0600."""
     path = Path(path)
+    refuse_link(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with no_space(path), os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
+            f.flush()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,18 +92,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield an empty ``out.tmp``; on normal exit it replaces ``out``, on any exception it is removed."""
+    """Yield an empty ``out.tmp``; on normal exit it replaces ``out``, on any exception it is removed.
+
+    The process holds ``out`` (``outputs.claim``) while the block runs: a second writer is refused.
+    A link at ``out`` or ``out.tmp`` is refused, never followed or deleted through; a full disk
+    names ``out``."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
+    refuse_link(out)
+    refuse_link(tmp)
+    with claim(out):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            with no_space(out):
+                yield tmp
+            refuse_link(out)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def file_sha256(path: str | Path) -> str:

@@ -16,6 +16,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.layers",
             "mst5_dist.errors",
             "mst5_dist.files",
+            "mst5_dist.outputs",  # the one output-path layer: checks, locks, no writes through links
             "mst5_dist.layout",
             "mst5_dist.config",
             "mst5_dist.registry",

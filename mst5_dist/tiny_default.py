@@ -12,7 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mst5_dist.files import atomic_dir
 from mst5_dist.layout import builtin_path, resolve_path
+from mst5_dist.outputs import check_output
 
 __all__ = ["build_tiny_mt5", "builtin_path", "resolve_path", "train_tokenizer"]
 
@@ -63,14 +65,19 @@ def build_tiny_mt5(
     d_ff: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Write tokenizer + tiny random mT5 (full encoder-decoder checkpoint, like google/mt5-*)."""
+    """Write tokenizer + tiny random mT5 (full encoder-decoder checkpoint, like google/mt5-*) into
+    ``output_dir`` (built as ``OUTPUT.tmp``, renamed when complete; ``files.atomic_dir``)."""
+    output_dir = check_output(output_dir, "--output", [("data", resolve_path(data))])
+    with atomic_dir(output_dir) as tmp:
+        train_tokenizer(corpus_sentences(resolve_path(data)), tmp, vocab_size)
+        _save_tiny(tmp, d_model=d_model, num_layers=num_layers, num_heads=num_heads, d_ff=d_ff, seed=seed)
+    return output_dir
+
+
+def _save_tiny(tmp: Path, *, d_model: int, num_layers: int, num_heads: int, d_ff: int, seed: int) -> None:
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
 
-    output_dir = Path(output_dir)
-    tmp = output_dir.with_name(output_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train_tokenizer(corpus_sentences(resolve_path(data)), tmp, vocab_size)
     # The tokenizer must be loaded FROM A FOLDER holding spiece.model: building it from
     # vocab_file= directly silently maps every word to <unk> (see STACK-FACTS.md).
     tokenizer = T5Tokenizer.from_pretrained(str(tmp), extra_ids=0)
@@ -94,7 +101,3 @@ def build_tiny_mt5(
     )
     torch.manual_seed(seed)
     MT5ForConditionalGeneration(config).save_pretrained(str(tmp))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
-    return output_dir

@@ -32,7 +32,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         check_world_size(cfg, distributed.launched_world_size())  # before any process-group work
         with distributed.process_group(cfg.train.collective_timeout_s):
-            train(cfg, resume=args.resume)
+            train(cfg, resume=args.resume, config_file=args.config)
 
     return run_command("mst5 train", job)
 

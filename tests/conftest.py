@@ -220,3 +220,20 @@ def worker_exit_codes(launcher_stderr: str) -> list[int]:
     import re
 
     return [int(code) for code in re.findall(r"exitcode\s*:\s*(-?\d+)", launcher_stderr)]
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under ``folder``, links not followed: a file's bytes, ``link -> TARGET`` or ``dir``
+    (compare before and after a refused command: nothing around its output may change)."""
+    out: dict[str, bytes | str] = {}
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                out[rel] = f"link -> {os.readlink(path)}"
+            elif path.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = path.read_bytes()
+    return out

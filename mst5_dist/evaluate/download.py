@@ -22,6 +22,7 @@ from typing import Any
 from mst5_dist.commands import positive_float
 from mst5_dist.errors import run_command
 from mst5_dist.files import file_sha256
+from mst5_dist.outputs import OutputError, check_output, no_space, refuse_link
 
 DEFAULT_DEST = Path(os.environ.get("MST5_EVAL_DATA", Path.home() / ".cache" / "mst5" / "eval-data"))
 
@@ -51,10 +52,15 @@ def download(names: list[str], dest: Path, timeout: float = 30.0) -> int:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
+        refuse_link(target)
+        refuse_link(part)
         try:
-            with urllib.request.urlopen(e["url"], timeout=timeout) as r, part.open("wb") as f:
+            with urllib.request.urlopen(e["url"], timeout=timeout) as r, no_space(part), part.open("wb") as f:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
+        except OutputError:  # a full disk: nothing half-written kept
+            part.unlink(missing_ok=True)
+            raise
         except OSError as err:  # URLError, timeouts, DNS failure: no usable network
             part.unlink(missing_ok=True)
             missing = [x for x in todo[i:] if not (dest / x["dest"]).is_file()]
@@ -79,7 +85,9 @@ def download(names: list[str], dest: Path, timeout: float = 30.0) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return run_command("mst5 data download", lambda: download(args.names, Path(args.dest), args.timeout))
+    return run_command(
+        "mst5 data download", lambda: download(args.names, check_output(args.dest, "--dest"), args.timeout)
+    )
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,8 @@ from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
 from mst5_dist.evaluate.embedder import CachedEmbedder, encode_routed
 from mst5_dist.evaluate.loader import load_embedder
 from mst5_dist.files import atomic_write_json, file_sha256
+from mst5_dist.layout import resolve_model_dir
+from mst5_dist.outputs import check_output, claim, refuse_link
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +245,18 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate ``args.model`` on the tasks into ``args.output``, held by this process throughout;
+    the output may lie in a training run (``RUN/results.json``, where ``mst5 sweep`` reads it) but not
+    in the model folder itself or the data."""
+    out = check_output(
+        args.output, "--output", [("--model", resolve_model_dir(args.model)), ("--data-dir", args.data_dir)]
+    )
+    refuse_link(out)
+    with claim(out):
+        return _evaluate(args, out)
+
+
+def _evaluate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     tasks = parse_tasks(args.tasks)
     start = time.perf_counter()
     embedder = load_embedder(
@@ -288,8 +302,6 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     }
     if isinstance(embedder, CachedEmbedder):
         report["cache"] = {"dir": str(args.cache_dir), "hits": embedder.cache.hits, "misses": embedder.cache.misses}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, report)
     return report
 

@@ -41,6 +41,7 @@ from mst5_dist.families import MT5_SIZES, MT5_VOCAB
 from mst5_dist.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modular.config import ModularRunConfig
+from mst5_dist.outputs import check_output
 
 TRAIN_LOG_METRICS = ("eval_sts_spearman",)
 X_CHOICES = ("auto", "lr", "model_size")
@@ -375,6 +376,7 @@ def run_sweep(
         raise SweepError(f"--x must be one of {', '.join(X_CHOICES)}, got {x!r}")
     if not run_dirs:
         raise SweepError("no run folders given")
+    out = check_output(output, "--output", [("run", d) for d in run_dirs])
     runs = [read_run(Path(d), metrics, results_name, need_params=x == "model_size") for d in run_dirs]
     x = choose_x(runs, x)
     if x == "model_size":
@@ -383,7 +385,6 @@ def run_sweep(
                 read_run(Path(r.path), [], results_name, need_params=True)
     sweep = build_sweep(runs, metrics, x)
     table = markdown_table(sweep)
-    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "x": x,

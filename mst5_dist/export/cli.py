@@ -16,6 +16,7 @@ from mst5_dist.commands import positive_int
 from mst5_dist.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, BadInput, run_command
 from mst5_dist.export.int8 import RECIPE_NAMES
 from mst5_dist.files import atomic_write_bytes
+from mst5_dist.outputs import check_output, claim, refuse_link
 
 logger = logging.getLogger(__name__)
 __all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "read_texts", "run_embed", "run_export"]
@@ -165,12 +166,16 @@ def run_embed(args: argparse.Namespace) -> int:
         out_dir = Path(args.output).resolve().parent
         if not out_dir.is_dir():  # checked before the work, not after every embedding is computed
             raise BadInput(f"--output {args.output}: folder {out_dir} does not exist")
-        texts = read_texts(Path(args.input), args.field)
-        emb, served_by = _embed(args, texts)
+        check_output(args.output, "--output")  # "." would write ./.npy
         out = Path(args.output if str(args.output).endswith(".npy") else f"{args.output}.npy")  # np.save's rule
-        buf = io.BytesIO()
-        np.save(buf, emb)
-        atomic_write_bytes(out, buf.getvalue())  # a killed run leaves no half-written .npy
+        check_output(out, "--output", [("--model", args.model), ("--input", args.input)])
+        refuse_link(out)
+        with claim(out):  # one writer of this .npy at a time
+            texts = read_texts(Path(args.input), args.field)
+            emb, served_by = _embed(args, texts)
+            buf = io.BytesIO()
+            np.save(buf, emb)
+            atomic_write_bytes(out, buf.getvalue())  # a killed run leaves no half-written .npy
         print(f"{len(texts)} embeddings ({emb.shape[1]} dims, {served_by}, {args.provider}) -> {args.output}")
 
     return run_command("mst5 embed", job)

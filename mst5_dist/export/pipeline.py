@@ -23,6 +23,7 @@ from mst5_dist.export.probes import MAX_PROBE_TOKENS, build_probe
 from mst5_dist.export.runtime import REPORT_FILE, fingerprint
 from mst5_dist.export.tensorrt_ops import check_tensorrt_ops
 from mst5_dist.files import atomic_dir, write_json
+from mst5_dist.outputs import check_output
 
 logger = logging.getLogger(__name__)
 VARIANT_FILES = {"fp32": "onnx/model.onnx", "fp16": "onnx/model_fp16.onnx", "int8": "onnx/model_qint8.onnx"}
@@ -60,7 +61,7 @@ def export_model(
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize}: only int8 is supported")
     src = merge_mod.resolve_model_dir(model)
-    out = Path(output)
+    out = check_output(output, "--output", [("--model", model), ("--model", src)])
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists (pass --overwrite to replace it)")
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from mst5_dist.files import fingerprint
 from mst5_dist.layout import EXPORT_REPORT
 from mst5_dist.model.batching import encode_batched
 from mst5_dist.model.loading import load_pretrained_tokenizer
+from mst5_dist.outputs import inside
 
 REPORT_FILE = EXPORT_REPORT
 __all__ = ["REPORT_FILE", "OnnxEmbedder", "ProviderUnavailable", "fingerprint"]
@@ -49,6 +50,35 @@ def _variant_entry(export_dir: Path, report: dict, variant: str) -> dict:
     return report["variants"][variant]
 
 
+def _graphs(graph):
+    """``graph`` and every subgraph of its nodes (If / Loop / Scan bodies)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
+
+
+def check_external_data(path: Path, folder: Path) -> None:
+    """Every external-data ``location`` of the graph at ``path`` lies beside it, inside ``folder``
+    (ONNX Runtime's rule too, which it reports with a traceback): else BadInput naming the graph,
+    the tensor and the location; read before ONNX Runtime opens the graph."""
+    import onnx
+
+    if not path.is_file():
+        raise BadInput(f"{path}: no such graph file")
+    model = onnx.load(str(path), load_external_data=False)
+    for graph in _graphs(model.graph):
+        tensors = list(graph.initializer) + list(graph.sparse_initializer)
+        tensors += [a.t for node in graph.node for a in node.attribute if a.HasField("t")]
+        for tensor in tensors:
+            for item in getattr(tensor, "external_data", []):
+                if item.key == "location":
+                    where = f"{path}: tensor '{tensor.name}' external data"
+                    inside(path.parent, item.value, where)
+                    inside(folder, item.value, where, base=path.parent)
+
+
 class OnnxEmbedder:
     """``OnnxEmbedder(export_dir).encode(texts)`` -> float32 (n, dim), L2-normalised, input order.
 
@@ -66,7 +96,8 @@ class OnnxEmbedder:
         report = json.loads(report_file.read_text(encoding="utf-8"))
         self.variant = variant or report["primary_variant"]
         entry = _variant_entry(self.export_dir, report, self.variant)
-        self.model_path = self.export_dir / entry["file"]
+        self.model_path = inside(self.export_dir, entry.get("file"), f"{report_file}: {self.variant} file")
+        check_external_data(self.model_path, self.export_dir)
         if provider not in PROVIDERS:
             raise BadInput(f"unknown provider '{provider}' (use {', '.join(PROVIDERS)})")
         available = ort.get_available_providers()

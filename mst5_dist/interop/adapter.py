@@ -39,6 +39,7 @@ from mst5_dist.model.backbone import encoder_class
 from mst5_dist.model.loading import load_config, load_pretrained_tokenizer
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modelcard import ADAPTER_CONFIG, IMPORT_REPORT, write_model_card
+from mst5_dist.outputs import check_output
 
 SAFE_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
@@ -322,7 +323,7 @@ def import_adapter(
     Everything is written to ``OUTPUT.tmp`` and renamed only when complete and verified; on any
     error the temporary folder is removed and ``OUTPUT`` is left as it was. Licences and data not
     given are taken from the source's own README.md front matter (``license``, ``datasets``), if any."""
-    out = Path(output)
+    out = check_output(output, "--output", [("source", src), ("--base", base)])
     if out.exists() and not overwrite:
         raise InteropError(f"{out} exists (pass --overwrite to replace it)")
     src_dir = resolve_source(src)

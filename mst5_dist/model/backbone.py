@@ -20,6 +20,7 @@ from mst5_dist.model.loading import (
     load_pretrained_tokenizer,
     load_pretrained_weights,
 )
+from mst5_dist.outputs import inside
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Config fields that set dropout, per family (names a config lacks are skipped).
@@ -137,7 +138,8 @@ def sentence_transformers_settings(folder: Path) -> dict[str, Any]:
     for module in read_json(modules_file):
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
-            cfg = read_json(folder / module["path"] / "config.json")
+            where = inside(folder, module.get("path"), f"{modules_file}: {kind} path")
+            cfg = read_json(where / "config.json")
             if cfg.get("pooling_mode_mean_tokens"):
                 out["pooling"] = "mean"
             elif cfg.get("pooling_mode_cls_token"):

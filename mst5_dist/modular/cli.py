@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         check_world_size(cfg, distributed.launched_world_size())
         try:
             with distributed.process_group(cfg.train.collective_timeout_s):  # one for all stages
-                out = train_modular(cfg, stages=[s for s in args.stages.split(",") if s], resume=args.resume)
+                out = train_modular(
+                    cfg, stages=[s for s in args.stages.split(",") if s], resume=args.resume, config_file=args.config
+                )
         except Interrupted as e:
             raise Interrupted(f"{e} (train-modular: rerun with --resume)") from e
         print(f"modular model in {out} ({MANIFEST})")

@@ -21,6 +21,7 @@ from mst5_dist.model import SentenceEncoder, load_backbone, resolve_stack, same_
 from mst5_dist.model.loading import load_adapter, load_pretrained_tokenizer
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.modular.manifest import MANIFEST, read_manifest
+from mst5_dist.outputs import inside
 
 
 def group_by_language(
@@ -64,6 +65,7 @@ class ModularEncoder:
         metas: dict[tuple[str, str], tuple[Path, EncoderMeta]] = {}
         for lang, entry in langs.items():
             for stage, rel in entry.items():
+                inside(path, rel, f"{path / MANIFEST}: languages.{lang}.{stage}")
                 if not EncoderMeta.exists(path / rel):
                     raise ModelError(f"{path / MANIFEST}: {lang} {stage} module {path / rel / META_FILE} is missing")
                 metas[(lang, stage)] = (path / rel, EncoderMeta.read(path / rel))

@@ -9,6 +9,7 @@ from mst5_dist.errors import ModelError
 from mst5_dist.files import atomic_write_json, read_json
 from mst5_dist.layout import FINAL_DIR, META_FILE, MODULAR_MANIFEST
 from mst5_dist.modular.config import ModularRunConfig
+from mst5_dist.outputs import inside
 
 MANIFEST = MODULAR_MANIFEST
 STAGES = ("language", "cla")
@@ -48,4 +49,5 @@ def write_manifest(out: Path, cfg: ModularRunConfig) -> dict[str, Any]:
 
 def module_dir(model: Path, manifest: dict[str, Any], lang: str, cross_lingual: bool) -> Path:
     entry = manifest["languages"][lang]
-    return model / entry["cla" if cross_lingual and "cla" in entry else "language"]
+    stage = "cla" if cross_lingual and "cla" in entry else "language"
+    return inside(model, entry[stage], f"{model / MANIFEST}: languages.{lang}.{stage}")

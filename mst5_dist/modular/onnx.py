@@ -17,6 +17,7 @@ from mst5_dist.export.runtime import OnnxEmbedder
 from mst5_dist.files import atomic_dir, read_json, write_json
 from mst5_dist.modular.encoder import group_by_language
 from mst5_dist.modular.manifest import module_dir, read_manifest
+from mst5_dist.outputs import check_output, inside
 
 ONNX_MANIFEST = "manifest.json"
 
@@ -25,7 +26,7 @@ def export_modular(model: str | Path, output: str | Path, *, monolingual: bool =
     """One merged ONNX encoder per language (language module + CLA merged into the base), each
     through the same export pipeline and parity gate; ``manifest.json`` maps codes to folders.
     ``monolingual`` also exports each language module alone under ``mono/``."""
-    model, out = Path(model), Path(output)
+    model, out = Path(model), check_output(output, "--output", [("--model", model)])
     manifest = read_manifest(model)
     if out.exists() and not kwargs.get("overwrite"):
         raise ExportError(f"{out} exists (pass --overwrite to replace it)")
@@ -67,7 +68,8 @@ class OnnxModularEmbedder:
         self.sessions: dict[str, Any] = {}
         for lang, entry in self.manifest["languages"].items():
             for kind, rel in entry.items():
-                self.sessions[f"{kind}:{lang}"] = OnnxEmbedder(self.path / rel, provider=provider, variant=variant)
+                folder = inside(self.path, rel, f"{self.path / ONNX_MANIFEST}: languages.{lang}.{kind}")
+                self.sessions[f"{kind}:{lang}"] = OnnxEmbedder(folder, provider=provider, variant=variant)
         prints = sorted(f"{k}={s.fingerprint}" for k, s in self.sessions.items())
         self.fingerprint = hashlib.sha256("\n".join(prints).encode()).hexdigest()
 

@@ -20,6 +20,7 @@ from mst5_dist.layout import FINAL_DIR, META_FILE
 from mst5_dist.modular.config import ModularRunConfig
 from mst5_dist.modular.data import language_rows, parallel_rows, write_jsonl
 from mst5_dist.modular.manifest import STAGES, write_manifest
+from mst5_dist.outputs import check_output
 from mst5_dist.training.recipe import train
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,18 @@ def prepare_data(cfg: ModularRunConfig, out: Path, stage: str, lang: str) -> tup
     return write_jsonl(stage_data_path(out, stage, lang), rows), len(rows)
 
 
-def train_modular(cfg: ModularRunConfig, *, stages: list[str] | None = None, resume: bool = False) -> Path:
+def train_modular(
+    cfg: ModularRunConfig, *, stages: list[str] | None = None, resume: bool = False, config_file: str | None = None
+) -> Path:
     """Stage 1 for every language, then stage 2 for every non-pivot one; a stage whose ``final/``
     exists is skipped, so rerunning continues where a run stopped (``resume`` also picks up the
     stopped stage's latest checkpoint). Returns the output folder holding ``modular.json``.
-    Run it inside the entry point's ``distributed.process_group()``: all stages share it."""
-    out = Path(cfg.train.output_dir)
+    Run it inside the entry point's ``distributed.process_group()``: all stages share it.
+    ``config_file``: the YAML the config came from (the output may not contain it, unless resumed)."""
+    reads = [("model.name_or_path", cfg.model.name_or_path), ("modular.stsb_dir", cfg.modular.stsb_dir)]
+    config = [("--config", config_file)]
+    out = check_output(cfg.train.output_dir, "train.output_dir", reads + ([] if resume else config),
+                       may_hold=config if resume else ())  # fmt: skip
     wanted = stages or list(STAGES)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:

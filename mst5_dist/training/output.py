@@ -3,17 +3,13 @@ holds each step exactly once."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
 
-from mst5_dist.errors import BadInput
 from mst5_dist.files import atomic_write_text
 from mst5_dist.layout import FINAL_DIR, LOCK_FILE, checkpoint_dirs
+from mst5_dist.outputs import OutputError, OutputInUse, refuse_links_inside, try_lock
 
-
-class OutputInUse(BadInput):
-    """Another process writes into the output folder, or it holds a run that was not resumed."""
+__all__ = ["OutputInUse", "existing_run", "output_lock", "truncate_log"]
 
 
 def existing_run(output_dir: Path) -> str | None:
@@ -34,24 +30,21 @@ def output_lock(output_dir: Path):
     """(open lock file, None) when this process now holds ``output_dir``; (None, why) when another does.
 
     ``flock`` is released by the kernel when the holder exits, however it exits, so a SIGKILLed run
-    leaves no stale lock; the file keeps the holder's pid for the message only."""
+    leaves no stale lock; the file keeps the holder's pid for the message only. A symbolic link
+    anywhere inside the folder (the lock file, config.yaml, checkpoints/) is refused (``OutputError``):
+    the run writes, renames and deletes there and must not do it through a link."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    f = (output_dir / LOCK_FILE).open("a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
+        refuse_links_inside(output_dir)
+        lock = try_lock(output_dir / LOCK_FILE)
+    except OutputError as e:  # returned, not raised: every rank leaves the same way (claim_output)
+        return None, str(e)
+    if isinstance(lock, str):
         return None, (
-            f"{output_dir} is being written by another mst5 process (pid {holder}): wait for it, or choose "
+            f"{output_dir} is being written by another mst5 process (pid {lock}): wait for it, or choose "
             "another train.output_dir"
         )
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f, None
+    return lock, None
 
 
 def truncate_log(path: Path, step: int) -> None:

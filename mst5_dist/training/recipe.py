@@ -25,8 +25,9 @@ from mst5_dist import distributed, objectives
 from mst5_dist.config import Config, flat_config, save_config, validate
 from mst5_dist.data import formats as data_formats
 from mst5_dist.errors import Interrupted
-from mst5_dist.layout import CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
+from mst5_dist.layout import BUILTIN_PREFIX, CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
 from mst5_dist.lora import count_parameters
+from mst5_dist.outputs import append_text, check_output
 from mst5_dist.training import builders, checkpoint, metrics
 from mst5_dist.training.checkpoint import TrainState
 from mst5_dist.training.evaluation import PeriodicEval
@@ -67,10 +68,12 @@ class Run:
         )  # fmt: skip
 
 
-def train(cfg: Config, resume: str | None = None) -> Path:
-    """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``errors.Interrupted`` after a stop signal."""
+def train(cfg: Config, resume: str | None = None, *, config_file: str | Path | None = None) -> Path:
+    """Run the recipe; return ``OUTPUT_DIR/final``. Raises ``errors.Interrupted`` after a stop signal.
+    ``config_file``: the YAML the config came from (the output may not contain it, unless resumed)."""
     STOP.install()  # a no-op under the entry points, which caught stop signals before anything loaded
     try:
+        check_output_dir(cfg, resume, config_file)
         run = setup(cfg)
         with claim_output(run, resume):
             state = resume_from(run, resume)
@@ -83,6 +86,17 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     finally:
         STOP.finish()
         STOP.restore()
+
+
+def check_output_dir(cfg: Config, resume: str | None, config_file: str | Path | None) -> None:
+    """``train.output_dir`` is a folder of its own (``outputs.check_output``): not empty or the current
+    folder, apart from the model, data and evaluation files it reads, and from the ``--config`` file
+    (which a resumed run may keep inside its folder: its own config.yaml)."""
+    reads = [("model.name_or_path", cfg.model.name_or_path), ("eval.sts_path", cfg.eval.sts_path)]
+    reads += [("data.paths", p) for p in cfg.data.paths if not p.startswith(BUILTIN_PREFIX)]
+    config = [("--config", config_file)]
+    check_output(cfg.train.output_dir, "train.output_dir", reads + ([] if resume else config),
+                 may_hold=config if resume else ())  # fmt: skip
 
 
 def setup(cfg: Config) -> Run:
@@ -159,7 +173,7 @@ def open_output(run: Run) -> None:
     """The output folder, its ``config.yaml`` and the trackers; stop signals are caught from here on."""
     if run.accelerator.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run.cfg, run.output_dir / CONFIG_FILE)
+        save_config(run.cfg, run.output_dir / CONFIG_FILE)  # atomic: a link there is refused
     if run.cfg.train.report_to:
         # The run config as hyperparameters. The project name reaches MLflow (experiment) and W&B
         # (project); TensorBoard is a tracker object with its own folder name (builders.trackers).
@@ -263,8 +277,7 @@ def log_step(run: Run, state: TrainState, window: metrics.LogWindow) -> dict[str
     if accelerator.is_main_process:
         import json
 
-        with (run.output_dir / TRAIN_LOG).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(run.output_dir / TRAIN_LOG, json.dumps(record) + "\n")  # never through a link
     if cfg.train.report_to:
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=state.step)
     return record
