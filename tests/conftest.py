@@ -53,6 +53,22 @@ def pytest_runtest_call(item):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _library_records_reach_caplog():
+    """An in-process command (a session fixture's run too) gives the ``mst5_dist`` logger its own
+    handler and stops propagation: each test starts with propagation on, so ``caplog`` sees the
+    library's records whatever ran before it, and the logger is put back afterwards."""
+    import logging
+
+    logger = logging.getLogger("mst5_dist")
+    state = (list(logger.handlers), logger.propagate, logger.level)
+    logger.propagate = True
+    yield
+    logger.handlers[:] = state[0]
+    logger.propagate = state[1]
+    logger.setLevel(state[2])
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED_DATA
