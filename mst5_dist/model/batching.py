@@ -37,15 +37,13 @@ def bounded_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None) 
     whole text. Shorter texts are kept, and so is every text where the tokenizer does not cut at the
     right (it truncates on the left, or ``max_length`` is below its special tokens: no truncation)."""
     texts = list(texts)
-    if (
-        max_length is None
-        or getattr(tokenizer, "truncation_side", "right") != "right"
-        or max_length < tokenizer.num_special_tokens_to_add()
-    ):
+    if max_length is None:
         return texts
     need = max_length + CUT_MARGIN_TOKENS
     cut = need * CUT_CHARS_PER_TOKEN
     pending = [i for i, text in enumerate(texts) if len(text) > cut]
+    if not pending or tokenizer.truncation_side != "right" or max_length < tokenizer.num_special_tokens_to_add():
+        return texts
     while pending:
         prefixes = [texts[i][:cut] for i in pending]
         ids = tokenizer(prefixes, add_special_tokens=False, truncation=True, max_length=need)["input_ids"]
