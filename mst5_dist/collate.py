@@ -7,6 +7,7 @@ from typing import Any
 
 from mst5_dist.batch import Batch
 from mst5_dist.encoding import Chunker
+from mst5_dist.model.batching import tokenize_truncated
 
 
 class BatchCollator:
@@ -22,5 +23,5 @@ class BatchCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> Batch:
         collated = self.objective.collate(rows)
         # Without padding (about half the tokenizer's time here): each chunk is padded on its own.
-        ids = self.tokenizer(collated.texts, truncation=True, max_length=self.max_len)["input_ids"]
+        ids = tokenize_truncated(self.tokenizer, collated.texts, self.max_len)["input_ids"]
         return Batch(self.chunker(ids), len(rows), [r["source_id"] for r in rows], collated.extras)

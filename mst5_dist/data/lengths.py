@@ -15,6 +15,7 @@ import numpy as np
 
 from mst5_dist.data.arrays import cached_array
 from mst5_dist.errors import DataError
+from mst5_dist.model.batching import bounded_texts, tokenize_truncated
 
 logger = logging.getLogger(__name__)
 _LENGTHS_VERSION = 1  # bump when the meaning of a cached length changes
@@ -56,13 +57,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _count_tokens(tokenizer, backend, texts: list[str], max_len: int) -> np.ndarray:
-    """Token counts as ``tokenizer(texts, truncation=True, max_length=max_len)`` gives them."""
-    if backend is not None:
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
-        counts = np.fromiter(map(len, encode(texts)), dtype=np.int32, count=len(texts))
-        return np.minimum(counts, max_len)  # truncation keeps max_len tokens, special ones included
-    enc = tokenizer(texts, truncation=True, max_length=max_len, return_attention_mask=False, return_length=True)
-    return np.asarray(enc["length"], dtype=np.int32)
+    """Token counts as ``tokenizer(texts, truncation=True, max_length=max_len)`` gives them; a long
+    text is cut first (``bounded_texts``), so its count costs what ``max_len`` tokens cost."""
+    if backend is None:
+        enc = tokenize_truncated(tokenizer, texts, max_len, return_attention_mask=False, return_length=True)
+        return np.asarray(enc["length"], dtype=np.int32)
+    texts = bounded_texts(tokenizer, texts, max_len)
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # no offsets: faster
+    counts = np.fromiter(map(len, encode(texts)), dtype=np.int32, count=len(texts))
+    return np.minimum(counts, max_len)  # truncation keeps max_len tokens, special ones included
 
 
 @contextlib.contextmanager
@@ -96,7 +99,7 @@ def _lengths_of(dataset, tokenizer, max_len: int, columns: tuple[str, ...]) -> n
     backend = _backend_copy(tokenizer)
     if backend is not None:  # the Rust backend must count what the wrapper's call does; else use the call
         probe = table.column(columns[0]).slice(0, 64).to_pylist()
-        slow = [len(ids) for ids in tokenizer(probe, truncation=True, max_length=max_len)["input_ids"]]
+        slow = [len(ids) for ids in tokenize_truncated(tokenizer, probe, max_len)["input_ids"]]
         if _count_tokens(tokenizer, backend, probe, max_len).tolist() != slow:
             logger.warning("%s: backend token counts differ from the tokenizer's; using the tokenizer", type(tokenizer))
             backend = None

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mst5_dist.model.batching import tokenize_truncated
+
 # (language, sentence). Scripts: Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Bengali,
 # Tamil, Thai, Georgian, Armenian, Han, Kana, Hangul, Ethiopic.
 SENTENCES: list[tuple[str, str]] = [
@@ -133,7 +135,7 @@ def build_probe_batches(tokenizer, *, max_tokens: int = MAX_PROBE_TOKENS) -> tup
     """
     texts = probe_texts()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = [tokenizer(t, truncation=True, max_length=max_tokens)["input_ids"] for t in texts]
+    ids = tokenize_truncated(tokenizer, texts, max_tokens)["input_ids"]
     items = [list(x) for x in ids]
     one_token = [[items[i][0]] for i in (0, 5, 32)]  # one-token rows: English, Chinese, "Yes."
     first_single = len(items)
@@ -173,8 +175,8 @@ def retrieval_items(tokenizer, *, max_tokens: int = MAX_PROBE_TOKENS) -> list[in
     unk = tokenizer.unk_token_id
     seen: set[tuple[int, ...]] = set()
     keep = []
-    for i, text in enumerate(probe_texts()):
-        ids = tuple(tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"])
+    for i, row in enumerate(tokenize_truncated(tokenizer, probe_texts(), max_tokens)["input_ids"]):
+        ids = tuple(row)
         if ids in seen or (unk is not None and sum(t == unk for t in ids) > len(ids) / 2):
             continue
         seen.add(ids)

@@ -3,6 +3,11 @@
 (longest first: the first batch shows at once whether the largest fits in memory), cut into batches
 of at most ``batch_size`` rows and ``max_tokens`` padded tokens (rows x longest), padded per batch,
 and the rows come back in input order. Torch-free: the ONNX runtime path uses it as well.
+
+``tokenize_truncated`` (and ``bounded_texts`` under it) is the one place every text meets a
+tokenizer with truncation (training batches, token lengths, evaluation, embedding, export probes):
+a long text is cut to a prefix before tokenising, so the work and memory per text are bounded by
+``max_length``, not by the text's size (a tokenizer holds about 250 bytes per input byte).
 """
 
 from __future__ import annotations
@@ -12,8 +17,51 @@ from typing import Any
 
 import numpy as np
 
+CUT_MARGIN_TOKENS = 128
+"""Real tokens (no special ones) a cut prefix must give beyond ``max_length`` before it replaces
+the whole text. Only the word a cut ends inside is tokenised differently from the whole text's
+(WordPiece: at most ``max_input_chars_per_word`` = 100 pieces; SentencePiece / BPE: the pieces near
+the cut), so the first ``max_length`` tokens are the whole text's."""
+CUT_CHARS_PER_TOKEN = 8
+"""First cut, in characters per token needed; a prefix short of tokens is doubled until it has
+them or is the whole text. Texts no longer than the first cut are tokenised whole, untouched."""
+
 Embed = Callable[[np.ndarray, np.ndarray], Any]
 """(input_ids, attention_mask), int64 rows x width -> float rows x dim (numpy or a tensor's numpy)."""
+
+
+def bounded_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[str]:
+    """``texts`` with each long one cut to a prefix whose tokens, truncated to ``max_length``, are
+    exactly the whole text's: a prefix of ``CUT_CHARS_PER_TOKEN`` characters per token needed is
+    tokenised, and doubled until it gives ``max_length + CUT_MARGIN_TOKENS`` real tokens or is the
+    whole text. Shorter texts are kept, and so is every text where the tokenizer does not cut at the
+    right (it truncates on the left, or ``max_length`` is below its special tokens: no truncation)."""
+    texts = list(texts)
+    if max_length is None:
+        return texts
+    need = max_length + CUT_MARGIN_TOKENS
+    cut = need * CUT_CHARS_PER_TOKEN
+    pending = [i for i, text in enumerate(texts) if len(text) > cut]
+    if not pending or tokenizer.truncation_side != "right" or max_length < tokenizer.num_special_tokens_to_add():
+        return texts
+    while pending:
+        prefixes = [texts[i][:cut] for i in pending]
+        ids = tokenizer(prefixes, add_special_tokens=False, truncation=True, max_length=need)["input_ids"]
+        short = []
+        for i, prefix, row in zip(pending, prefixes, ids):
+            if len(row) >= need:
+                texts[i] = prefix
+            else:
+                short.append(i)
+        cut *= 2
+        pending = [i for i in short if len(texts[i]) > cut]
+    return texts
+
+
+def tokenize_truncated(tokenizer: Any, texts: Sequence[str], max_length: int, **kwargs: Any) -> Any:
+    """``tokenizer(texts, truncation=True, max_length=max_length, **kwargs)``, with the same result,
+    on ``bounded_texts``: work and memory bounded by ``max_length``, whatever the texts' size."""
+    return tokenizer(bounded_texts(tokenizer, texts, max_length), truncation=True, max_length=max_length, **kwargs)
 
 
 def plan_batches(
@@ -78,7 +126,7 @@ def encode_batched(
     out = np.zeros((len(texts), dim), dtype=np.float32)
     if not texts:
         return out, {"real_tokens": 0, "padded_tokens": 0}
-    token_ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    token_ids = tokenize_truncated(tokenizer, texts, max_length)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
     batches = plan_batches(lengths, batch_size, max_tokens, sort=sort)
     side = getattr(tokenizer, "padding_side", "right")

@@ -23,7 +23,7 @@ from mst5_dist.model.adapters import (
     weights_provenance,
 )
 from mst5_dist.model.backbone import load_backbone, load_tokenizer, sentence_transformers_settings
-from mst5_dist.model.batching import encode_batched
+from mst5_dist.model.batching import encode_batched, tokenize_truncated
 from mst5_dist.model.loading import check_adapter_folder, check_positions, load_adapter, load_config, refuse_custom_code
 from mst5_dist.model.meta import EncoderMeta
 from mst5_dist.model.pooling import check_pooling, packed_mean_pool, pool, segment_mask
@@ -188,13 +188,7 @@ class SentenceEncoder(nn.Module):
         return PACKED_POSITIONS.get(self.model_type)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_seq_length,
-            return_tensors="pt",
-        )
+        return tokenize_truncated(self.tokenizer, texts, self.max_seq_length, padding=True, return_tensors="pt")
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, max_tokens: int | None = None) -> torch.Tensor:
