@@ -46,7 +46,7 @@ def commands() -> list[tuple[str, str, AddArguments, Run]]:
         ("build-tiny", "train the embedded tokenizer and save a tiny random mT5", _build_tiny_arguments, _build_tiny),
         ("eval", "evaluate a model on Tatoeba, BUCC, STS17, STS-B, ... into results.json", add_eval_arguments,
          run_eval_command),
-        ("data", "evaluation data sets", add_data_arguments, None),  # `data download`: its own run function
+        ("data", "evaluation and training data sets", add_data_arguments, None),  # `data download`: its own run function
         ("sweep", "table + plot of scores over runs (learning rate or model size)", add_sweep_arguments,
          run_sweep_command),
         ("export", "merge, export to ONNX (fp32/fp16/int8), parity-gate, write atomically", add_export_arguments,

@@ -71,6 +71,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mst5_dist.evaluate.suite",
             "mst5_dist.evaluate.sweep",
             "mst5_dist.evaluate.download",
+            "mst5_dist.evaluate.fetch",  # resumable HTTP transfers
+            "mst5_dist.evaluate.trainsets",  # training sets made from the downloaded archives
             "mst5_dist.interop",
             "mst5_dist.export.cli",
         ],

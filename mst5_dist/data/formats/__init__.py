@@ -3,7 +3,8 @@
 jsonl  {anchor, positive, negative[, source_id]} per line, read block by block into Arrow
 csv    SimCSE triplets (sent0, sent1, hard_neg)
 snli   SNLI/MNLI JSON lines, triplets per premise
-xnli   aligned per-language TSVs, mSimCSE sampling (depends on train.seed)
+xnli   aligned per-language TSVs, mSimCSE sampling (depends on train.seed); its XNLI-MT 1.0
+       layout (multinli.{split}.{lang}.tsv) is read by the helper module xnli_mt (no format of its own)
 hub    a Hugging Face dataset by name
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,16 @@ def read_snli(path: Path, skip_bad: bool = False, need_negative: bool = True) ->
     """SNLI/MNLI jsonl: triplets from hypotheses sharing a premise (entailment as positive,
     contradiction as hard negative). Rows with gold label ``-`` (no annotator consensus) are
     ignored, as in SimCSE; any other unknown label is an error."""
-    return gather(skip_bad, lambda check: _snli_rows(path, check, need_negative))
+    return gather(skip_bad, lambda check: snli_rows(path, check, need_negative))
 
 
-def _snli_rows(path: Path, check: RowChecker, need_negative: bool) -> list[dict[str, Any]]:
+def snli_rows(
+    path: Path, check: RowChecker, need_negative: bool, numbered: Iterator[tuple[int, str]] | None = None, prefix="snli"
+) -> list[dict[str, Any]]:
+    """The triplets of one SNLI/MNLI jsonl file (or of its ``numbered`` lines, e.g. from inside an
+    archive); ``source_id`` is ``prefix:`` and a hash of the premise."""
     groups: dict[str, dict[str, list[str]]] = {}
-    for number, obj in json_objects(path, check):
+    for number, obj in json_objects(path, check, numbered):
         label = obj.get("gold_label")
         if label is None:
             check.fail(path, number, "gold_label", "missing")
@@ -36,7 +41,7 @@ def _snli_rows(path: Path, check: RowChecker, need_negative: bool) -> list[dict[
         groups.setdefault(premise, {k: [] for k in NLI_LABELS})[label].append(hypothesis)
     rows = []
     for premise, hyps in groups.items():
-        source = "snli:" + hashlib.sha1(premise.encode()).hexdigest()[:16]
+        source = f"{prefix}:" + hashlib.sha1(premise.encode()).hexdigest()[:16]
         negatives = hyps["contradiction"]
         if need_negative and not negatives:
             continue
@@ -49,4 +54,4 @@ def _snli_rows(path: Path, check: RowChecker, need_negative: bool) -> list[dict[
 @register("snli")
 class Snli(Format):
     def read(self, source, cfg, seed, need_negative, check):
-        return _snli_rows(source, check, need_negative)
+        return snli_rows(source, check, need_negative)

@@ -1,4 +1,5 @@
-"""``xnli``: aligned multilingual NLI, a folder of ``{split}-{lang}.tsv`` files (XTREME layout)."""
+"""``xnli``: aligned multilingual NLI, a folder of ``{split}-{lang}.tsv`` files (XTREME layout) or of
+``multinli.{split}.{lang}.tsv`` files (XNLI-MT 1.0, the translated MultiNLI training set: ``xnli_mt``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mst5_dist.data.formats.base import Format, register
+from mst5_dist.data.formats.xnli_mt import mt_languages, read_xnli_mt
 from mst5_dist.data.rows import NLI_LABELS, ReadReport, RowChecker, gather, lines, open_existing
 from mst5_dist.errors import DataError
 
@@ -58,7 +60,7 @@ def _aligned_tables(folder: Path, split: str, languages: list[str] | None, check
     if not languages:
         languages = sorted(p.stem.split("-", 1)[1] for p in folder.glob(f"{split}-*.tsv"))
     if not languages:
-        raise DataError(f"{folder}: no {split}-<lang>.tsv files")
+        raise DataError(f"{folder}: no {split}-<lang>.tsv (XTREME) or multinli.{split}.<lang>.tsv (XNLI-MT) files")
     tables = {lang: _read_xnli_file(folder / f"{split}-{lang}.tsv", check) for lang in languages}
     sizes = {lang: len(t) for lang, t in tables.items()}
     if len(set(sizes.values())) != 1:
@@ -101,6 +103,8 @@ def _by_label(
 def _xnli_rows(
     folder: Path, split: str, languages: list[str] | None, cross_lingual: bool, seed: int, check: RowChecker
 ) -> list[dict[str, Any]]:
+    if not any(open_existing(folder, folder=True).glob(f"{split}-*.tsv")) and mt_languages(folder, split):
+        return read_xnli_mt(folder, split, languages or [], cross_lingual, seed, check)
     tables = _aligned_tables(folder, split, languages, check)
     languages = list(tables)
     rng = random.Random(seed)
