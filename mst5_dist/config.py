@@ -9,6 +9,7 @@ key, or a value of the wrong type, raises ``ConfigError`` naming the offending k
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import types
@@ -175,6 +176,20 @@ class LossConfig:
 
     hard_negatives: bool = field(default=True, metadata=kinds(resume=True, cache=False))
     """Score anchors against the contradiction hypotheses as extra candidates."""
+
+    symmetric: bool = field(default=False, metadata=kinds(resume=True, cache=False))
+    """Objective ``triplet``: add the other direction (GTE, mE5): each positive scored against the
+    anchors of the global batch (gathered across ranks), the two cross-entropies averaged. Hard
+    negatives stay candidates of the anchor direction only."""
+
+    matryoshka_dims: list[int] = field(default_factory=list, metadata=kinds(resume=True, cache=False))
+    """Objective ``triplet``: Matryoshka embeddings (sentence-transformers' ``MatryoshkaLoss``): the
+    loss summed over the first D coordinates of every embedding, re-normalised, for each D here
+    (strictly descending, each at most the model's embedding size, e.g. ``[384, 256, 128, 64]``;
+    list the full size to keep training it). Empty: the full embedding only."""
+
+    matryoshka_weights: list[float] = field(default_factory=list, metadata=kinds(resume=True, cache=False))
+    """The weight (> 0) of each ``matryoshka_dims`` entry's loss, in the same order; empty: 1 each."""
 
     gather_across_ranks: bool = field(default=True, metadata=kinds(resume=False, cache=False))
     """Use every rank's positives and negatives as candidates (autograd all-gather)."""
@@ -402,7 +417,30 @@ def validate(cfg: Config) -> Config:
             f"must hold one sequence of model.max_seq_length={cfg.model.max_seq_length} tokens, "
             f"got {cfg.loss.chunk_tokens}",
         )
+    _check_matryoshka(cfg.loss.matryoshka_dims, cfg.loss.matryoshka_weights)
     return cfg
+
+
+def _check_matryoshka(dims: list[int], weights: list[float]) -> None:
+    if any(d < 1 for d in dims) or any(a <= b for a, b in itertools.pairwise(dims)):
+        raise _error("loss.matryoshka_dims", f"must be positive and strictly descending, got {dims}")
+    if weights and len(weights) != len(dims):
+        raise _error(
+            "loss.matryoshka_weights",
+            f"must have one weight per loss.matryoshka_dims entry ({len(dims)}) or be empty, got {weights}",
+        )
+    if any(not w > 0 for w in weights):
+        raise _error("loss.matryoshka_weights", f"must all be > 0, got {weights}")
+
+
+def check_embedding_dim(cfg: Config, embedding_dim: int) -> None:
+    """What can be checked once the model is known: every Matryoshka size fits its embeddings."""
+    too_big = [d for d in cfg.loss.matryoshka_dims if d > embedding_dim]
+    if too_big:
+        raise _error(
+            "loss.matryoshka_dims",
+            f"{too_big} larger than the model's embedding size {embedding_dim} ({cfg.model.name_or_path})",
+        )
 
 
 def check_world_size(cfg: Config, world_size: int) -> None:

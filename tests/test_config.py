@@ -98,7 +98,8 @@ RESUME = [  # the hand list checkpoint.RESUME_KEYS held, plus loss.pivot_model (
     "model.tokenizer_use_fast", "lora.preset", "lora.r", "lora.alpha", "lora.target_modules", "data.format",
     "data.paths", "data.languages", "data.split", "data.cross_lingual", "data.max_rows", "data.length_grouping",
     "data.bucket_batches", "data.skip_bad_rows", "loss.objective", "loss.hard_negatives", "train.batch_size",
-    "train.seed", "train.grad_accum_steps", "loss.pivot_model",
+    "train.seed", "train.grad_accum_steps", "loss.pivot_model", "loss.symmetric", "loss.matryoshka_dims",
+    "loss.matryoshka_weights",
 ]  # fmt: skip
 # What data.cache._cache_key hashes from the config (train.seed enters it only for XNLI, elsewhere).
 CACHE = ["data.format", "data.paths", "data.languages", "data.split", "data.cross_lingual", "data.skip_bad_rows",

@@ -66,20 +66,27 @@ def reference_grads(tiny_base, tmp_path_factory):
     return out
 
 
-def assert_same_gradients(got: dict, ref: dict, chunks: list[int]) -> None:
-    """Every (chunk size, hard negatives) case equals the reference's uncached case."""
-    assert len(got) == len(chunks) * len({k.split(",")[1] for k in ref})
-    worst = 0.0
+def gradient_errors(got: dict, ref: dict) -> dict[str, tuple[float, str]]:
+    """Per case of ``got``: (worst relative LoRA-gradient error, its tensor) against the reference's
+    uncached case with the same hard-negative setting; the losses must agree (1e-5)."""
+    errors = {}
     for case, result in got.items():
         expected = ref[f"chunk=0,{case.split(',')[1]}"]
         assert result["losses"] == pytest.approx(expected["losses"], rel=1e-5), case
         grads, expect = result["grads"], expected["grads"]
         assert grads.keys() == expect.keys() and len(expect) > 0
-        for name in expect:
-            assert expect[name].norm() > 0, name
-            rel = ((grads[name] - expect[name]).norm() / expect[name].norm()).item()
-            assert rel < 1e-5, f"{case} {name}: relative error {rel:.2e}"
-            worst = max(worst, rel)
+        assert all(expect[name].norm() > 0 for name in expect), case
+        errors[case] = max((((grads[n] - expect[n]).norm() / expect[n].norm()).item(), n) for n in expect)
+    return errors
+
+
+def assert_same_gradients(got: dict, ref: dict, chunks: list[int]) -> None:
+    """Every (chunk size, hard negatives) case equals the reference's uncached case."""
+    assert len(got) == len(chunks) * len({k.split(",")[1] for k in ref})
+    errors = gradient_errors(got, ref)
+    for case, (rel, name) in errors.items():
+        assert rel < 1e-5, f"{case} {name}: relative error {rel:.2e}"
+    worst = max(rel for rel, _ in errors.values())
     print(f"worst relative LoRA-gradient error over {len(got)} cases: {worst:.2e}")  # the README's figure (pytest -s)
 
 
@@ -107,6 +114,49 @@ def test_gradcache_in_one_process_equals_uncached(chunks, reference_grads, tiny_
         capture_output=True,
     )
     assert_same_gradients(torch.load(path), reference_grads[1], [1, 3, 24])
+
+
+# Symmetric InfoNCE and Matryoshka together (loss.*), through the same probe: every case (GradCache
+# chunks of 3, length-aware packed rows of 64 tokens, hard negatives on and off) of 2 ranks x 4 rows
+# against 1 process x 8 rows at one width, uncached.
+VARIANT = ["--set", "loss.symmetric=true", "--set", "loss.matryoshka_dims=[64,32,8]",
+           "--set", "loss.matryoshka_weights=[1,0.5,2]"]  # fmt: skip
+VARIANT_CASES = [
+    pytest.param("ddp", None, id="ddp"),
+    pytest.param("ddp", "gather", id="ddp-plain-gather"),
+    pytest.param("zero2", None, id="zero2", marks=pytest.mark.slow),
+    pytest.param("zero3", None, id="zero3", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module")
+def variant_reference(tiny_base, tmp_path_factory):
+    path = tmp_path_factory.mktemp("variant") / "ref.pt"
+    cmd = [sys.executable, str(PROBE), "--base", str(tiny_base), "--out", str(path), *VARIANT,
+           "--set", "loss.chunk_tokens=null"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+    return torch.load(path)
+
+
+@pytest.mark.parametrize(("backend", "fault"), VARIANT_CASES)
+def test_symmetric_matryoshka_two_ranks_equal_one_process(
+    backend, fault, variant_reference, reference_grads, tiny_base, tmp_path
+):
+    """Same losses and LoRA gradients (1e-5 relative) on 2 ranks as in one process; with a plain
+    all_gather (no autograd) the losses still agree but the gradients do not (the negative control)."""
+    plain = reference_grads[1]["chunk=0,hard=True"]["losses"]  # the settings did change the loss
+    assert variant_reference["chunk=0,hard=True"]["losses"] != pytest.approx(plain, rel=1e-2)
+    path = tmp_path / "probe.pt"
+    probe = [str(PROBE), "--base", str(tiny_base), "--out", str(path), "--chunks", "0,3", "--tokens", "none,64"]
+    proc = launch(backend, tmp_path, *probe, *VARIANT, *(["--fault", fault] if fault else []))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = torch.load(path)
+    assert len(got) == 8 and any(max(r["chunks"]) > 1 for r in got.values())
+    errors = gradient_errors(got, variant_reference)
+    for case, (rel, name) in errors.items():
+        assert (rel < 1e-5) == (fault is None), f"{case} {name}: relative error {rel:.2e}"
+    worst = max(rel for rel, _ in errors.values())
+    print(f"symmetric + Matryoshka, {backend}, fault {fault}: worst relative LoRA-gradient error {worst:.2e}")
 
 
 # ------------------------------------------------------------------ training under every backend

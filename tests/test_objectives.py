@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, read_log
+from conftest import TINY_CONFIG, last_line, read_log, tiny_args
 
 from mst5_dist import objectives
 from mst5_dist.config import ConfigError, load_config
@@ -97,3 +97,26 @@ def test_an_unknown_objective_is_refused_naming_the_registered_ones(tiny_base, t
     with pytest.raises(ConfigError, match=r"loss\.objective: unknown objective 'nope' \(registered: cla, triplet\)"):
         train(cfg)
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+@pytest.mark.unit
+def test_a_matryoshka_size_above_the_models_is_refused_once_the_model_is_known(tiny_base, tmp_path, capsys):
+    from mst5_dist.cli import main
+
+    args = tiny_args(tiny_base, tmp_path / "x", f"data.cache_dir={tmp_path / 'cache'}")
+    assert main([*args, "loss.matryoshka_dims=[65,32]"]) == 2
+    assert "loss.matryoshka_dims: [65] larger than the model's embedding size 64" in last_line(capsys)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_triplet_trains_symmetric_over_matryoshka_prefixes(tiny_base, tmp_path):
+    """Two real steps with both settings (the model's full size listed); the run records them."""
+    from mst5_dist.cli import main
+
+    out = tmp_path / "run"
+    extra = ["loss.symmetric=true", "loss.matryoshka_dims=[64,16]", "loss.matryoshka_weights=[1,0.5]"]
+    assert main(tiny_args(tiny_base, out, f"data.cache_dir={tmp_path / 'cache'}", "train.max_steps=2", *extra)) == 0
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    saved = load_config(out / "config.yaml").loss
+    assert saved.symmetric and saved.matryoshka_dims == [64, 16] and saved.matryoshka_weights == [1.0, 0.5]

@@ -39,6 +39,9 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("loss.objective=cla needs loss.pivot_model (the pivot language's final/ folder)")
     if cfg.loss.hard_negatives:
         raise ConfigError("loss.objective=cla trains on pairs: set loss.hard_negatives=false")
+    if cfg.loss.symmetric or cfg.loss.matryoshka_dims:
+        key = "loss.symmetric" if cfg.loss.symmetric else "loss.matryoshka_dims"
+        raise ConfigError(f"{key}: applies to loss.objective=triplet only, not cla")
     if not cfg.model.merge_adapters:
         raise ConfigError("loss.objective=cla needs model.merge_adapters=[the language module it sits on]")
 

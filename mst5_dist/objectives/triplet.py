@@ -1,5 +1,7 @@
 """``triplet``: the m-ST5 objective. InfoNCE of each anchor against every positive (and, with
-``loss.hard_negatives``, every contradiction hypothesis) of the global batch, gathered across ranks."""
+``loss.hard_negatives``, every contradiction hypothesis) of the global batch, gathered across ranks;
+with ``loss.symmetric`` also each positive against every anchor, and with ``loss.matryoshka_dims``
+summed over re-normalised prefixes of the embeddings (the math: ``mst5_dist.losses``)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ class TripletObjective:
     def __init__(self, cfg: Config) -> None:
         self.hard_negatives = cfg.loss.hard_negatives
         self.temperature = cfg.loss.temperature
+        self.symmetric = cfg.loss.symmetric
+        self.dims, self.weights = list(cfg.loss.matryoshka_dims), list(cfg.loss.matryoshka_weights)
         self.columns = ("anchor", "positive", "negative") if self.hard_negatives else ("anchor", "positive")
 
     def setup(self, ctx: SetupContext) -> None:
@@ -35,4 +39,7 @@ class TripletObjective:
             temperature=self.temperature,
             gather=gather,
             rank=gather.rank,
+            symmetric=self.symmetric,
+            dims=self.dims,
+            weights=self.weights,
         )

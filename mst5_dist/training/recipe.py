@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mst5_dist import distributed, objectives
-from mst5_dist.config import Config, flat_config, save_config, validate
+from mst5_dist.config import Config, check_embedding_dim, flat_config, save_config, validate
 from mst5_dist.data import formats as data_formats
 from mst5_dist.errors import Interrupted
 from mst5_dist.layout import BUILTIN_PREFIX, CHECKPOINTS, CONFIG_FILE, TRAIN_LOG
@@ -110,6 +110,7 @@ def setup(cfg: Config) -> Run:
     accelerator = builders.setup_accelerator(cfg)
     set_seed(cfg.train.seed)
     encoder = builders.build_encoder(cfg)
+    check_embedding_dim(cfg, encoder.embedding_dim)
     trainable, total = count_parameters(encoder)
     logger.info(f"parameters: {trainable:,} trainable / {total:,} total ({100 * trainable / max(total, 1):.3f}%)")
     flops = FlopModel.from_encoder(encoder, cfg)

@@ -4,12 +4,15 @@ Run directly (1 process, the global batch) or under `accelerate launch` (N ranks
 the same global batch); the test compares the two. Uses the trainer's own setup and loss code.
 
     python grad_probe.py --base DIR --out FILE [--accum A] [--global-batch G] [--chunks C,..] [--tokens T,..]
+                         [--set section.key=value ...]
 
 Cases: every loss.cache_chunk_size of --chunks x every loss.chunk_tokens of --tokens (``none``: one
 width; without --tokens the config's default, and the case keys carry no ``tokens=``) x hard
-negatives on and off (accumulation 1). ``--fault`` breaks the length-aware path on purpose (a
+negatives on and off (accumulation 1); ``--set`` overrides any other config key for every case
+(``loss.symmetric=true``, ``loss.matryoshka_dims=[..]``). ``--fault`` breaks a path on purpose (a
 negative control for the comparison): ``order`` skips restoring the input order, ``mask`` pads
-with attention mask 1.
+with attention mask 1 (both on the length-aware path), ``gather`` replaces the autograd all-gather
+with a plain one (same losses; the other ranks' share of each rank's gradient is lost).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from mst5_dist import distributed, encoding, objectives
 from mst5_dist.batch import Batch
@@ -42,7 +46,8 @@ def main() -> None:
     ap.add_argument("--chunks", default="0", help="comma-separated loss.cache_chunk_size values (0: no GradCache)")
     ap.add_argument("--tokens", default=None, help="comma-separated loss.chunk_tokens values (none: one width)")
     ap.add_argument("--overhead", type=int, default=None, help="loss.chunk_overhead_tokens (default: auto)")
-    ap.add_argument("--fault", choices=["order", "mask"], default=None)
+    ap.add_argument("--fault", choices=["order", "mask", "gather"], default=None)
+    ap.add_argument("--set", action="append", default=[], help="a config override for every case")
     args = ap.parse_args()
     G, A = args.global_batch, args.accum
     cfg = load_config(
@@ -55,6 +60,7 @@ def main() -> None:
             f"train.grad_accum_steps={A}",
             "train.report_to=[]",
             "train.output_dir=/tmp/unused-probe",
+            *args.set,
         ],
     )
     accelerator = setup_accelerator(cfg)
@@ -85,7 +91,7 @@ def main() -> None:
         cfg.loss.hard_negatives, cfg.loss.cache_chunk_size = hard, chunk or None
         cfg.loss.chunk_tokens = default_tokens if args.tokens is None else tok
         objective = objectives.build(cfg)
-        gather = distributed.Gather(cfg.loss.gather_across_ranks)
+        gather = (PlainGather if args.fault == "gather" else distributed.Gather)(cfg.loss.gather_across_ranks)
         chunker = encoding.chunker(
             cfg.loss, encoder.tokenizer.pad_token_id, accelerator.device.type, encoder.packing is not None
         )
@@ -93,7 +99,7 @@ def main() -> None:
         losses, chunk_counts, planned = [], [], []
         for micro in range(A):
             batch = collator(rows[micro * G : (micro + 1) * G][rank * local : (rank + 1) * local])
-            if args.fault and cfg.loss.chunk_tokens is not None:
+            if args.fault in ("order", "mask") and cfg.loss.chunk_tokens is not None:
                 break_on_purpose(batch, args.fault)
             planned.append(accelerator.gather(torch.tensor([batch.counts.chunks], device=accelerator.device)).tolist())
             if deepspeed:
@@ -132,6 +138,20 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class PlainGather(distributed.Gather):
+    """The negative control ``gather``: an all_gather without autograd, this rank's own slice kept as
+    the local tensor (the usual hand-written version): every rank's loss is right, but the gradient
+    the other ranks' losses send to this rank's embeddings never arrives."""
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.across:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.detach().contiguous())
+        parts[self.rank] = tensor
+        return torch.cat(parts)
 
 
 def break_on_purpose(batch: Batch, fault: str) -> None:
