@@ -33,7 +33,7 @@ from mst5_dist.errors import run_command
 from mst5_dist.evaluate.fetch import Incomplete, Offline, ServerError, fetch
 from mst5_dist.evaluate.trainsets import PREPARE, prepare
 from mst5_dist.files import file_sha256
-from mst5_dist.outputs import check_output
+from mst5_dist.outputs import check_output, refuse_link
 
 DEFAULT_DEST = Path(os.environ.get("MST5_EVAL_DATA", Path.home() / ".cache" / "mst5" / "eval-data"))
 DEFAULT_TRAIN_DEST = Path(os.environ.get("MST5_TRAIN_DATA", "data"))  # where configs/mt5-*.yaml look
