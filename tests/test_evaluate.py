@@ -418,10 +418,11 @@ def test_mst5_eval_cli_on_tiny_model(tiny_base, shared_data, tmp_path):
 def test_mst5_eval_bad_data_exits_2_with_one_line(tiny_base, tmp_path, capsys):
     from mst5_dist.cli import main
 
-    (tmp_path / "sts17").mkdir()
-    (tmp_path / "sts17" / "STS.input.track5.en-en.txt").write_text("a\tb\n")
-    (tmp_path / "sts17" / "STS.gs.track5.en-en.txt").write_text("five\n")
-    args = ["eval", "--model", str(tiny_base), "--data-dir", str(tmp_path), "--tasks", "sts17",
+    data = tmp_path / "data"  # the results file goes beside it: an output inside an input is refused
+    (data / "sts17").mkdir(parents=True)
+    (data / "sts17" / "STS.input.track5.en-en.txt").write_text("a\tb\n")
+    (data / "sts17" / "STS.gs.track5.en-en.txt").write_text("five\n")
+    args = ["eval", "--model", str(tiny_base), "--data-dir", str(data), "--tasks", "sts17",
             "--sts17-tracks", "en-en", "--output", str(tmp_path / "r.json"), "--no-progress"]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

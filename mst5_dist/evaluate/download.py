@@ -170,11 +170,11 @@ def download(
 
 
 def _run(args: argparse.Namespace) -> int:
-    dest = check_output(args.dest, "--dest") if args.dest else None
-    return run_command(
-        "mst5 data download",
-        lambda: download(args.names, dest, args.timeout, args.base_url, args.trust_unpinned),
-    )
+    def run() -> int:
+        dest = check_output(args.dest, "--dest") if args.dest else None
+        return download(args.names, dest, args.timeout, args.base_url, args.trust_unpinned)
+
+    return run_command("mst5 data download", run)
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
