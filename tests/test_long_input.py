@@ -107,6 +107,32 @@ def test_cut_texts_give_exactly_the_tokens_of_the_whole_texts(request, model, fa
 
 
 @pytest.mark.unit
+def test_a_text_that_vanishes_in_tokenisation_is_read_only_to_the_bound(tiny_base, caplog):
+    """Spaces collapse to nothing: doubling would end at the whole text (its whole size in memory).
+    It stops at ``need x CUT_MAX_CHARS_PER_TOKEN`` characters, with a warning; a text with enough
+    tokens (the control) is cut as before, without one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_base))
+    need = 16 + batching.CUT_MARGIN_TOKENS
+    limit = need * batching.CUT_MAX_CHARS_PER_TOKEN
+    blank = "word" + " " * (3 * limit) + "end"
+    normal = "The cat sleeps on the sofa. " * 2000
+    seen: list[int] = []
+
+    def recording(texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return tok(texts, **kwargs)
+
+    recording.truncation_side, recording.num_special_tokens_to_add = "right", tok.num_special_tokens_to_add
+    with caplog.at_level("WARNING", logger="mst5_dist"):
+        cut = batching.bounded_texts(recording, [blank, normal], 16)
+    assert len(cut[0]) == limit and max(seen) <= limit < len(blank)
+    assert "text 0: its first" in caplog.text and "text 1" not in caplog.text
+    assert cut[1] == batching.bounded_texts(tok, [normal], 16)[0] and len(cut[1]) < len(normal)
+
+
+@pytest.mark.unit
 def test_short_texts_and_untruncating_tokenizers_keep_the_whole_text(tiny_base):
     """A text under the first cut is the same object; a tokenizer that truncates on the left, or a
     max length below its special tokens (no truncation at all), keeps every text whole."""

@@ -12,10 +12,13 @@ a long text is cut to a prefix before tokenising, so the work and memory per tex
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 CUT_MARGIN_TOKENS = 128
 """Real tokens (no special ones) a cut prefix must give beyond ``max_length`` before it replaces
@@ -25,6 +28,10 @@ the cut), so the first ``max_length`` tokens are the whole text's."""
 CUT_CHARS_PER_TOKEN = 8
 """First cut, in characters per token needed; a prefix short of tokens is doubled until it has
 them or is the whole text. Texts no longer than the first cut are tokenised whole, untouched."""
+CUT_MAX_CHARS_PER_TOKEN = 1024
+"""Where the doubling stops: a text whose first ``need x 1024`` characters still give fewer than
+``need`` tokens (nearly all of it vanishes in tokenisation: runs of spaces, invisible characters) is
+read only that far, said in a warning, so memory stays bounded on ANY input."""
 
 Embed = Callable[[np.ndarray, np.ndarray], Any]
 """(input_ids, attention_mask), int64 rows x width -> float rows x dim (numpy or a tensor's numpy)."""
@@ -44,6 +51,7 @@ def bounded_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None) 
     pending = [i for i, text in enumerate(texts) if len(text) > cut]
     if not pending or tokenizer.truncation_side != "right" or max_length < tokenizer.num_special_tokens_to_add():
         return texts
+    limit = need * CUT_MAX_CHARS_PER_TOKEN
     while pending:
         prefixes = [texts[i][:cut] for i in pending]
         ids = tokenizer(prefixes, add_special_tokens=False, truncation=True, max_length=need)["input_ids"]
@@ -51,9 +59,15 @@ def bounded_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None) 
         for i, prefix, row in zip(pending, prefixes, ids):
             if len(row) >= need:
                 texts[i] = prefix
+            elif cut >= limit:
+                logger.warning(
+                    "text %d: its first %d of %d characters give only %d tokens: it is read up to there",
+                    i, cut, len(texts[i]), len(row),
+                )  # fmt: skip
+                texts[i] = prefix
             else:
                 short.append(i)
-        cut *= 2
+        cut = min(cut * 2, limit)
         pending = [i for i in short if len(texts[i]) > cut]
     return texts
 
