@@ -1,6 +1,6 @@
-"""A table of named implementations that a config key chooses between (``optim.scheduler``): a
-new one is a registered function, not another branch, and an unknown name is a ``ConfigError``
-naming the key and every registered name."""
+"""A table of named implementations that a config key chooses between (``optim.scheduler``,
+``loss.objective``, ``data.format``): a new one is a registered function or class, not another
+branch, and an unknown name is a ``ConfigError`` naming the key and every registered name."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ import torch
 
 from mst5_dist.batch import Batch
 from mst5_dist.config import Config
-from mst5_dist.errors import ConfigError
+from mst5_dist.registry import Registry
 
 
 @dataclass
@@ -62,30 +62,12 @@ class Objective(Protocol):
     def loss(self, embeddings: Any, batch: Batch, gather: Any) -> Any: ...
 
 
-_REGISTRY: dict[str, Callable[[Config], Objective]] = {}
-
-
-def register(name: str) -> Callable:
-    """Class decorator (or call with a factory): make ``loss.objective=NAME`` build it from the config."""
-
-    def add(factory: Callable[[Config], Objective]) -> Callable[[Config], Objective]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
-
-
-def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+OBJECTIVES: Registry[Callable[[Config], Objective]] = Registry("loss.objective", "objective")
+register = OBJECTIVES.register
+"""Class decorator (or call with a factory): make ``loss.objective=NAME`` build it from the config."""
+unregister, names = OBJECTIVES.unregister, OBJECTIVES.names
 
 
 def build(cfg: Config) -> Objective:
     """The objective ``cfg.loss.objective`` names, built (and its settings checked) from ``cfg``."""
-    name = cfg.loss.objective
-    if name not in _REGISTRY:
-        raise ConfigError(f"loss.objective: unknown objective {name!r} (registered: {', '.join(names())})")
-    return _REGISTRY[name](cfg)
+    return OBJECTIVES.get(cfg.loss.objective)(cfg)

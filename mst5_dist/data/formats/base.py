@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 from mst5_dist.config import DataConfig
 from mst5_dist.data.rows import ReadReport, RowChecker, rows_table
-from mst5_dist.errors import ConfigError, DataError
+from mst5_dist.errors import DataError
 from mst5_dist.layout import resolve_path
+from mst5_dist.registry import Registry
 
 Chunk = TypeVar("Chunk")  # a list of rows or an Arrow table: sized and sliceable
 
@@ -47,7 +48,8 @@ class Format:
         yield rows_table(self.read(source, cfg, seed, need_negative, check))
 
 
-_REGISTRY: dict[str, Format] = {}
+FORMATS: Registry[Format] = Registry("data.format", "format")
+unregister, names, get = FORMATS.unregister, FORMATS.names, FORMATS.get
 
 
 def register(name: str) -> Callable[[type[Format]], type[Format]]:
@@ -56,25 +58,10 @@ def register(name: str) -> Callable[[type[Format]], type[Format]]:
     def add(cls: type[Format]) -> type[Format]:
         reader = cls()
         reader.name = name
-        _REGISTRY[name] = reader
+        FORMATS.register(name)(reader)
         return cls
 
     return add
-
-
-def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Format:
-    """The reader registered as ``name`` (the value of ``data.format``)."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"data.format: unknown format {name!r} (registered: {', '.join(names())})")
-    return _REGISTRY[name]
 
 
 def take(chunks: Iterable[Chunk], limit: int | None) -> Iterator[Chunk]:
