@@ -187,11 +187,6 @@ def _bytes_digest(files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-# The names callers used before there was one function.
-folder_fingerprint = fingerprint
-files_fingerprint = fingerprint
-
-
 def write_manifest(folder: Path, name: str) -> dict[str, Any]:
     """``folder/name``: size and sha256 of every other file in ``folder`` (recursively), written
     last, so a later reader can tell a complete, unchanged folder from a truncated or edited one."""

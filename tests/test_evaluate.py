@@ -17,7 +17,7 @@ from mst5_dist.evaluate import alignment, bucc, sts, tatoeba
 from mst5_dist.evaluate.embedder import CachedEmbedder, Embedder, EmbeddingCache, TorchEmbedder
 from mst5_dist.evaluate.loader import load_embedder
 from mst5_dist.evaluate.sts import EvalDataError
-from mst5_dist.files import folder_fingerprint
+from mst5_dist.files import fingerprint as folder_fingerprint
 
 
 @pytest.fixture(autouse=True, scope="module")

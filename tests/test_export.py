@@ -234,7 +234,7 @@ def test_dynamic_dims_are_checked(exported, tmp_path):
 def test_triton_repository_and_tensorrt_ops(exported):
     import onnxruntime as ort
 
-    from mst5_dist.export.runtime import fingerprint
+    from mst5_dist.files import fingerprint
 
     rep = report(exported)
     repo = exported / "triton" / "mst5_encoder"

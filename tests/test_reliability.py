@@ -533,7 +533,7 @@ def test_merged_weights_are_not_merged_twice(stacked, tiny_base, tmp_path, monke
 def test_large_files_are_fingerprinted_in_full(tmp_path, monkeypatch):
     import hashlib
 
-    from mst5_dist.files import folder_fingerprint
+    from mst5_dist.files import fingerprint as folder_fingerprint
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = tmp_path / "model"

@@ -20,9 +20,9 @@ from mst5_dist.export.onnx_graph import EmbeddingWrapper, ExportError, export_on
 from mst5_dist.export.optimize import try_optimizer
 from mst5_dist.export.precision import check_fp16_islands, fp16_plan
 from mst5_dist.export.probes import MAX_PROBE_TOKENS, build_probe
-from mst5_dist.export.runtime import REPORT_FILE, fingerprint
+from mst5_dist.export.runtime import REPORT_FILE
 from mst5_dist.export.tensorrt_ops import check_tensorrt_ops
-from mst5_dist.files import atomic_dir, write_json
+from mst5_dist.files import atomic_dir, fingerprint, write_json
 from mst5_dist.outputs import check_output
 
 logger = logging.getLogger(__name__)

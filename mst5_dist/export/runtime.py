@@ -16,7 +16,7 @@ from mst5_dist.model.loading import load_pretrained_tokenizer
 from mst5_dist.outputs import inside
 
 REPORT_FILE = EXPORT_REPORT
-__all__ = ["REPORT_FILE", "OnnxEmbedder", "ProviderUnavailable", "fingerprint"]
+__all__ = ["REPORT_FILE", "OnnxEmbedder", "ProviderUnavailable"]
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
